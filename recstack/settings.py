@@ -1,0 +1,72 @@
+"""The one settings object. Read once (``get_settings``), passed down; nothing reads the environment elsewhere."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """Per-user state folder (XDG state dir), never inside the repository."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "recstack"
+
+
+class Settings(BaseSettings):
+    """recstack settings; every field can be set as ``RECSTACK_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTACK_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="All local state: servers' data, models, reports.")
+    postgres_dsn: str | None = Field(
+        default=None,
+        description="External Postgres (libpq URI). When set, no embedded Postgres starts.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="External Redis (redis://host:port/db). When set, no embedded Redis starts.",
+    )
+    postgres_port: int = Field(default=55432, ge=1024, le=65535, description="Port of the embedded Postgres.")
+    redis_port: int = Field(default=56379, ge=1024, le=65535, description="Port of the embedded Redis.")
+    connect_timeout_s: float = Field(default=3.0, gt=0, le=60, description="Connect/socket timeout for stores.")
+    seed: int = Field(default=42, description="Default random seed for generators and training.")
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _check_postgres_dsn(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a libpq URI such as postgresql://user:pass@host:5432/dbname")
+        return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a URL such as redis://host:6379/0")
+        return value or None
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.home / "postgres"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings from the environment once per process."""
+    return Settings()
