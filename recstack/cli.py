@@ -11,6 +11,7 @@ from rich.table import Table
 from recstack import stack
 from recstack.console import console, err_console
 from recstack.db import StoreUnreachable
+from recstack.demo import demo
 from recstack.ingest.cli import ingest_app
 from recstack.ingest.records import SourceFormatError
 from recstack.settings import get_settings
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(ingest_app, name="ingest")
+app.command()(demo)
 
 # Errors a user can act on: printed as one line, exit code 1, never a stack trace.
 USER_ERRORS = (stack.StackError, StoreUnreachable, SourceFormatError, FileNotFoundError)

@@ -1,0 +1,106 @@
+"""Benchmark: synthetic generation + bulk load into Postgres, against row-by-row inserts in the same run.
+
+    .venv/bin/python bench/bench_ingest.py --users 100000 --items 20000 --events 5000000
+
+Starts its own embedded stack in a temporary RECSTACK_HOME (free ports) unless --use-configured is given,
+prints the figures and writes them as JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from recstack import stack
+from recstack.ingest.loader import load_batch
+from recstack.ingest.synthetic import generate
+from recstack.settings import Settings, get_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def row_insert_baseline(dsn: str, batch_events, rows: int) -> float:  # type: ignore[no-untyped-def]
+    """Rows/s of the simplest loader: executemany INSERTs of events into a scratch copy of the table."""
+    sample = batch_events.head(rows)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TEMP TABLE events_baseline (LIKE events INCLUDING DEFAULTS INCLUDING INDEXES)")
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO events_baseline (event_id, user_id, item_id, event_type, value, occurred_at, context) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+                [
+                    (r.event_id, i, i, r.event_type, None if r.value != r.value else r.value, r.occurred_at, r.context)
+                    for i, r in enumerate(sample.itertuples())
+                ],
+            )
+        conn.commit()
+        return rows / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--baseline-rows", type=int, default=20_000)
+    parser.add_argument("--use-configured", action="store_true", help="Use the configured stack (RECSTACK_*).")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/ingest.json"))
+    args = parser.parse_args()
+
+    if args.use_configured:
+        settings = get_settings()
+    else:
+        home = Path(tempfile.mkdtemp(prefix="recstack-bench-"))
+        settings = Settings(home=home, postgres_port=_free_port(), redis_port=_free_port())
+    stack.up(settings)
+    dsn = stack.postgres_dsn(settings)
+    try:
+        started = time.perf_counter()
+        batch = generate(users=args.users, items=args.items, events=args.events, seed=args.seed)
+        generate_s = time.perf_counter() - started
+        with psycopg.connect(dsn) as conn:
+            report = load_batch(conn, batch, "bench")
+        rerun_started = time.perf_counter()
+        with psycopg.connect(dsn) as conn:
+            rerun = load_batch(conn, batch, "bench-rerun")
+        rerun_s = time.perf_counter() - rerun_started
+        baseline_rps = row_insert_baseline(dsn, batch.events, args.baseline_rows)
+    finally:
+        if not args.use_configured:
+            stack.down(settings)
+
+    load_rps = report.events_loaded / report.seconds
+    figures = {
+        "users": args.users, "items": args.items, "events": args.events,
+        "generate_s": round(generate_s, 1),
+        "load_s": round(report.seconds, 1),
+        "total_s": round(generate_s + report.seconds, 1),
+        "events_loaded": report.events_loaded,
+        "load_events_per_s": round(load_rps),
+        "rerun_s": round(rerun_s, 1),
+        "rerun_events_added": rerun.events_loaded,
+        "baseline_row_insert_events_per_s": round(baseline_rps),
+        "baseline_extrapolated_s": round(args.events / baseline_rps, 1),
+        "peak_rss_mib_client": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2))
+    for key, value in figures.items():
+        print(f"{key:34s} {value}")
+
+
+if __name__ == "__main__":
+    main()

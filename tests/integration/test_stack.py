@@ -1,0 +1,118 @@
+"""The stack manager against the real embedded servers: up/status/down and external-server errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from recstack import stack
+from recstack.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def recstack_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recstack.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture()
+def own_env(tmp_path: Path) -> dict[str, str]:
+    """A private home and ports, so this test's servers are its own."""
+    return {
+        "RECSTACK_HOME": str(tmp_path / "home"),
+        "RECSTACK_POSTGRES_PORT": str(free_port()),
+        "RECSTACK_REDIS_PORT": str(free_port()),
+    }
+
+
+def test_up_is_idempotent_and_down_leaves_no_server(own_env: dict[str, str]) -> None:
+    first = recstack_cli("up", env=own_env)
+    assert first.returncode == 0, first.stderr
+    try:
+        status = recstack_cli("status", "--json", env=own_env)
+        assert status.returncode == 0, status.stderr
+        servers = json.loads(status.stdout)
+        assert {s["mode"] for s in servers.values()} == {"embedded"}
+        assert all(s["running"] for s in servers.values())
+        pids = {name: s["pid"] for name, s in servers.items()}
+        assert all(psutil.pid_exists(p) for p in pids.values())
+
+        second = recstack_cli("up", env=own_env)
+        assert second.returncode == 0, second.stderr
+        again = json.loads(recstack_cli("status", "--json", env=own_env).stdout)
+        assert {name: s["pid"] for name, s in again.items()} == pids  # reported, not restarted
+
+        # The servers outlive the CLI process that started them, and the schema is there.
+        settings = Settings(**{k.removeprefix("RECSTACK_").lower(): v for k, v in own_env.items()})
+        import psycopg
+
+        with psycopg.connect(stack.postgres_dsn(settings)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+            assert {"users", "items", "events", "schema_migrations"} <= tables
+            assert conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
+    finally:
+        down = recstack_cli("down", env=own_env)
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(psutil.pid_exists(p) for p in pids.values())
+    assert recstack_cli("status", env=own_env).returncode == 1
+
+
+def test_unreachable_external_postgres_is_one_line_without_password(own_env: dict[str, str]) -> None:
+    port = free_port()  # nothing listens there
+    env = {**own_env, "RECSTACK_POSTGRES_DSN": f"postgresql://app:hunter2@127.0.0.1:{port}/reco"}
+    started = time.monotonic()
+    result = recstack_cli("up", env=env)
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (Path(own_env["RECSTACK_HOME"]) / "postgres").exists()  # nothing embedded was started
+
+
+def test_hung_external_redis_times_out_within_seconds(own_env: dict[str, str]) -> None:
+    with socket.socket() as hung:  # accepts TCP connections but never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(5)
+        port = hung.getsockname()[1]
+        env = {**own_env, "RECSTACK_REDIS_URL": f"redis://:pw@127.0.0.1:{port}/0", "RECSTACK_CONNECT_TIMEOUT_S": "2"}
+        started = time.monotonic()
+        result = recstack_cli("status", env=env)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert elapsed < 15
+    assert f"127.0.0.1:{port}" in result.stdout + result.stderr
+
+
+def test_external_servers_are_used_instead_of_embedded(stack_settings: Settings, own_env: dict[str, str]) -> None:
+    env = {
+        **own_env,
+        "RECSTACK_POSTGRES_DSN": stack.postgres_dsn(stack_settings),
+        "RECSTACK_REDIS_URL": stack.redis_url(stack_settings),
+    }
+    result = recstack_cli("up", env=env)
+    assert result.returncode == 0, result.stderr
+    servers = json.loads(recstack_cli("status", "--json", env=env).stdout)
+    assert {s["mode"] for s in servers.values()} == {"external"}
+    assert all(s["running"] and s["pid"] is None for s in servers.values())
+    assert not (Path(own_env["RECSTACK_HOME"]) / "postgres").exists()
+    assert recstack_cli("down", env=env).returncode == 0
+    assert all(s["running"] for s in json.loads(recstack_cli("status", "--json", env=env).stdout).values())
