@@ -305,7 +305,14 @@ def status(settings: Settings) -> list[ServerInfo]:
 
 
 def up(settings: Settings) -> list[ServerInfo]:
-    """Start what is not running (idempotent), check external servers, apply migrations."""
+    """Check external servers, start the embedded ones not running (idempotent), apply migrations.
+
+    External servers are checked first, so a bad external DSN starts nothing embedded.
+    """
+    if settings.postgres_dsn:
+        check_postgres(settings)
+    if settings.redis_url:
+        check_redis(settings)
     state = _read_state(settings)
     if not settings.postgres_dsn:
         if not _alive(state.get("postgres", {}).get("pid"), "postgres"):

@@ -85,7 +85,8 @@ def test_unreachable_external_postgres_is_one_line_without_password(own_env: dic
     assert f"127.0.0.1:{port}" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
-    assert not (Path(own_env["RECSTACK_HOME"]) / "postgres").exists()  # nothing embedded was started
+    home = Path(own_env["RECSTACK_HOME"])
+    assert not (home / "postgres").exists() and not (home / "redis").exists()  # nothing embedded was started
 
 
 def test_hung_external_redis_times_out_within_seconds(own_env: dict[str, str]) -> None:
