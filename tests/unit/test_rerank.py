@@ -1,0 +1,61 @@
+import numpy as np
+
+from serving.stages.rerank import Candidates, RerankParams, rerank
+
+
+def _candidates(n: int = 20, seed: int = 0) -> Candidates:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, 8)).astype(np.float32)
+    vectors[: n // 2] = vectors[0] + 0.01 * rng.normal(size=(n // 2, 8))  # a cluster of near-duplicates on top
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Candidates(
+        item_ids=[f"i{j}" for j in range(n)],
+        scores=np.linspace(1.0, 0.0, n),
+        providers=["big"] * (n // 2) + [f"p{j}" for j in range(n - n // 2)],
+        long_tail=np.array([j >= n - 3 for j in range(n)]),
+        vectors=vectors,
+    )
+
+
+def test_pure_relevance_without_constraints_keeps_score_order() -> None:
+    cands = _candidates()
+    params = RerankParams(mmr_lambda=1.0, max_provider_share=1.0, long_tail_min=0)
+    assert rerank(cands, 5, params) == [0, 1, 2, 3, 4]
+
+
+def test_mmr_breaks_up_near_duplicates() -> None:
+    cands = _candidates()
+    relevance_only = rerank(cands, 5, RerankParams(mmr_lambda=1.0, max_provider_share=1.0, long_tail_min=0))
+    diverse = rerank(cands, 5, RerankParams(mmr_lambda=0.5, max_provider_share=1.0, long_tail_min=0))
+    sim = cands.vectors @ cands.vectors.T  # type: ignore[operator]
+
+    def mean_pairwise(idx: list[int]) -> float:
+        sub = sim[np.ix_(idx, idx)]
+        return float((sub.sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
+
+    assert mean_pairwise(diverse) < mean_pairwise(relevance_only) - 0.2
+    assert diverse[0] == 0  # the most relevant item still leads
+
+
+def test_provider_cap_and_long_tail_floor_hold() -> None:
+    cands = _candidates()
+    slate = rerank(cands, 10, RerankParams(mmr_lambda=1.0, max_provider_share=0.3, long_tail_min=2))
+    providers = [cands.providers[i] for i in slate]
+    assert providers.count("big") <= 3
+    assert int(cands.long_tail[slate].sum()) >= 2
+    assert len(set(slate)) == 10
+
+
+def test_boost_moves_an_item_up_and_k_larger_than_candidates_is_clipped() -> None:
+    cands = _candidates(n=6)
+    params = RerankParams(mmr_lambda=1.0, max_provider_share=1.0, long_tail_min=0, boost={"i5": 100.0})
+    slate = rerank(cands, 50, params)
+    assert slate[0] == 5 and sorted(slate) == list(range(6))
+
+
+def test_category_similarity_is_used_without_vectors() -> None:
+    cands = _candidates(n=6)
+    cands.vectors = None
+    cands.categories = [["a"], ["a"], ["a"], ["b"], ["c"], ["d"]]
+    slate = rerank(cands, 3, RerankParams(mmr_lambda=0.3, max_provider_share=1.0, long_tail_min=0))
+    assert len({cands.categories[i][0] for i in slate}) == 3
