@@ -1,0 +1,26 @@
+"""Ray Tune over CatBoost on a real local Ray: trials run, ASHA reports, the best config is usable."""
+
+import pytest
+
+from tests.unit.test_ranker import _groups
+from training.ranker import train_ranker
+from training.tune import run_search
+
+pytestmark = pytest.mark.integration
+
+
+def test_search_finds_a_config_that_ranks_well(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import ray
+
+    train, valid = _groups(120, 20, 1), _groups(30, 20, 2)
+    try:
+        result = run_search(train, valid, trials=4, smoke=True, storage=tmp_path)
+    finally:
+        ray.shutdown()
+    assert len(result.trials) == 4
+    assert {t["loss"] for t in result.trials} <= {"YetiRank", "QueryRMSE"}
+    assert result.best_ndcg10 == max(t["valid_ndcg10"] for t in result.trials)
+    cfg = result.best_config
+    _, metrics = train_ranker(train, valid, loss=cfg["loss"], depth=cfg["depth"], learning_rate=cfg["learning_rate"],
+                              l2_leaf_reg=cfg["l2_leaf_reg"], iterations=cfg["iterations"])
+    assert metrics["valid_ndcg@10"] > 0.7
