@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import psycopg
+from recstack.ingest.synthetic import generate
 
 from recstack import stack
 from recstack.ingest.loader import load_batch
-from recstack.ingest.synthetic import generate
 from recstack.settings import Settings, get_settings
 
 
@@ -84,7 +84,9 @@ def main() -> None:
 
     load_rps = report.events_loaded / report.seconds
     figures = {
-        "users": args.users, "items": args.items, "events": args.events,
+        "users": args.users,
+        "items": args.items,
+        "events": args.events,
         "generate_s": round(generate_s, 1),
         "load_s": round(report.seconds, 1),
         "total_s": round(generate_s + report.seconds, 1),

@@ -15,6 +15,8 @@ from recstack.demo import demo
 from recstack.ingest.cli import ingest_app
 from recstack.ingest.records import SourceFormatError
 from recstack.settings import get_settings
+from training.models_cli import models_app
+from training.registry import RegistryError
 
 app = typer.Typer(
     help="recstack: feature store and model serving for personalized recommendations.",
@@ -23,10 +25,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(ingest_app, name="ingest")
+app.add_typer(models_app, name="models")
 app.command()(demo)
 
 # Errors a user can act on: printed as one line, exit code 1, never a stack trace.
-USER_ERRORS = (stack.StackError, StoreUnreachable, SourceFormatError, FileNotFoundError)
+USER_ERRORS = (stack.StackError, StoreUnreachable, SourceFormatError, FileNotFoundError, RegistryError)
 
 
 @app.command()

@@ -73,13 +73,13 @@ def migrate(dsn: str, timeout_s: float = 3.0) -> list[str]:
                 f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
                 "version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+            done = {r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}  # noqa: S608 (constant name)
             for version, sql in migration_files():
                 if version in done:
                     continue
                 with conn.transaction():
                     conn.execute(sql)  # type: ignore[arg-type]
-                    conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version) VALUES (%s)", (version,))
+                    conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version) VALUES (%s)", (version,))  # noqa: S608
                 applied_now.append(version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('recstack.migrate'))")
@@ -88,4 +88,4 @@ def migrate(dsn: str, timeout_s: float = 3.0) -> list[str]:
 
 def applied_migrations(dsn: str, timeout_s: float = 3.0) -> list[str]:
     with connect(dsn, timeout_s) as conn:
-        return [r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version")]
+        return [r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version")]  # noqa: S608

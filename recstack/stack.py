@@ -116,7 +116,10 @@ def redis_client(settings: Settings, **kwargs: object) -> redis.Redis:
     """A Redis client with connect and socket timeouts, so a hung server cannot hang a caller."""
     timeout = settings.connect_timeout_s
     return redis.Redis.from_url(
-        redis_url(settings), socket_connect_timeout=timeout, socket_timeout=timeout, **kwargs  # type: ignore[arg-type]
+        redis_url(settings),
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -195,14 +198,29 @@ def _start_postgres(settings: Settings) -> int:
     bin_dir = _pg_bin()
     if not (data_dir / "PG_VERSION").exists():
         shutil.rmtree(data_dir, ignore_errors=True)
-        _run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-             run_kwargs, "initdb")
+        _run(
+            [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            run_kwargs,
+            "initdb",
+        )
     options = " ".join(f"-c {k}={v}" if v else f"-c {k}=''" for k, v in PG_OPTIONS.items())
     log = settings.pg_dir / "postgres.log"
     _run(
-        [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log), "-w", "-t", "30",
-         "-o", f"-h 127.0.0.1 -p {settings.postgres_port} {options}", "start"],
-        run_kwargs, f"starting Postgres (log: {log})",
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data_dir),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            f"-h 127.0.0.1 -p {settings.postgres_port} {options}",
+            "start",
+        ],
+        run_kwargs,
+        f"starting Postgres (log: {log})",
     )
     pid = _pg_pid(data_dir)
     if pid is None:
@@ -216,8 +234,11 @@ def _start_postgres(settings: Settings) -> int:
 def _stop_postgres(settings: Settings, pid: int) -> None:
     data_dir = settings.pg_dir / "data"
     try:
-        _run([str(_pg_bin() / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "-t", "30", "stop"],
-             _pg_run_kwargs(settings), "stopping Postgres")
+        _run(
+            [str(_pg_bin() / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "-t", "30", "stop"],
+            _pg_run_kwargs(settings),
+            "stopping Postgres",
+        )
     except StackError:
         _terminate(pid)
 
@@ -237,10 +258,27 @@ def _start_redis(settings: Settings) -> int:
     pidfile = settings.redis_dir / "redis.pid"
     pidfile.unlink(missing_ok=True)
     _run(
-        [str(_redis_server_bin()), "--bind", "127.0.0.1", "--port", str(settings.redis_port),
-         "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(settings.redis_dir),
-         "--logfile", str(settings.redis_dir / "redis.log"), "--save", "300 1", "--appendonly", "no"],
-        {}, "starting Redis",
+        [
+            str(_redis_server_bin()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(settings.redis_port),
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(pidfile),
+            "--dir",
+            str(settings.redis_dir),
+            "--logfile",
+            str(settings.redis_dir / "redis.log"),
+            "--save",
+            "300 1",
+            "--appendonly",
+            "no",
+        ],
+        {},
+        "starting Redis",
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -286,10 +324,22 @@ def status(settings: Settings) -> list[ServerInfo]:
     state = _read_state(settings)
     infos: list[ServerInfo] = []
     for name, external, addr, url, exe, check in (
-        ("postgres", settings.postgres_dsn, db.describe_dsn(postgres_dsn(settings)), postgres_dsn(settings),
-         "postgres", check_postgres),
-        ("redis", settings.redis_url, _redis_address(redis_url(settings)), redis_url(settings),
-         "redis-server", check_redis),
+        (
+            "postgres",
+            settings.postgres_dsn,
+            db.describe_dsn(postgres_dsn(settings)),
+            postgres_dsn(settings),
+            "postgres",
+            check_postgres,
+        ),
+        (
+            "redis",
+            settings.redis_url,
+            _redis_address(redis_url(settings)),
+            redis_url(settings),
+            "redis-server",
+            check_redis,
+        ),
     ):
         info = ServerInfo(name, "external" if external else "embedded", addr, url)
         if not external:
@@ -314,17 +364,15 @@ def up(settings: Settings) -> list[ServerInfo]:
     if settings.redis_url:
         check_redis(settings)
     state = _read_state(settings)
-    if not settings.postgres_dsn:
-        if not _alive(state.get("postgres", {}).get("pid"), "postgres"):
-            existing = _pg_pid(settings.pg_dir / "data")
-            pid = existing if _alive(existing, "postgres") else _start_postgres(settings)
-            state["postgres"] = {"pid": pid, "port": settings.postgres_port}
-            _write_state(settings, state)
-    if not settings.redis_url:
-        if not _alive(state.get("redis", {}).get("pid"), "redis-server"):
-            pid = _start_redis(settings)
-            state["redis"] = {"pid": pid, "port": settings.redis_port}
-            _write_state(settings, state)
+    if not settings.postgres_dsn and not _alive(state.get("postgres", {}).get("pid"), "postgres"):
+        existing = _pg_pid(settings.pg_dir / "data")
+        pid = existing if _alive(existing, "postgres") else _start_postgres(settings)
+        state["postgres"] = {"pid": pid, "port": settings.postgres_port}
+        _write_state(settings, state)
+    if not settings.redis_url and not _alive(state.get("redis", {}).get("pid"), "redis-server"):
+        pid = _start_redis(settings)
+        state["redis"] = {"pid": pid, "port": settings.redis_port}
+        _write_state(settings, state)
     check_postgres(settings)
     check_redis(settings)
     try:

@@ -26,11 +26,19 @@ def run_load(batch: Batch, source: str) -> LoadReport:
 
 
 def print_report(report: LoadReport) -> None:
-    table = Table("source", "rows read", "users", "items", "events", "duplicates", "rejected", "time",
-                  title="ingest summary")
-    table.add_row(report.source, f"{report.rows_read:,}", f"{report.users_loaded:,}", f"{report.items_loaded:,}",
-                  f"{report.events_loaded:,}", f"{report.events_duplicate:,}", f"{report.rejected:,}",
-                  f"{report.seconds:.1f} s")
+    table = Table(
+        "source", "rows read", "users", "items", "events", "duplicates", "rejected", "time", title="ingest summary"
+    )
+    table.add_row(
+        report.source,
+        f"{report.rows_read:,}",
+        f"{report.users_loaded:,}",
+        f"{report.items_loaded:,}",
+        f"{report.events_loaded:,}",
+        f"{report.events_duplicate:,}",
+        f"{report.rejected:,}",
+        f"{report.seconds:.1f} s",
+    )
     console.print(table)
     if report.rejects:
         console.print(f"[yellow]first {len(report.rejects)} of {report.rejected:,} rejected rows:[/]")

@@ -66,13 +66,15 @@ def _copy_frame(
 
 
 def _load_users(cur: psycopg.Cursor, users: pd.DataFrame, progress: ProgressFn | None) -> int:
-    cur.execute("CREATE TEMP TABLE stage_users (external_id text, attributes jsonb, created_at timestamptz) "
-                "ON COMMIT DROP")
+    cur.execute(
+        "CREATE TEMP TABLE stage_users (external_id text, attributes jsonb, created_at timestamptz) ON COMMIT DROP"
+    )
     _copy_frame(cur, "stage_users", users, USER_COLUMNS, "users", progress)
     cur.execute(
         "INSERT INTO users (external_id, attributes, created_at) "
         "SELECT external_id, coalesce(attributes, '{}'), coalesce(created_at, now()) FROM stage_users "
-        f"WHERE length(external_id) BETWEEN 1 AND {MAX_ID_LEN} ON CONFLICT (external_id) DO NOTHING"
+        "WHERE length(external_id) BETWEEN 1 AND %s ON CONFLICT (external_id) DO NOTHING",
+        (MAX_ID_LEN,),
     )
     return cur.rowcount
 
@@ -88,24 +90,32 @@ def _load_items(cur: psycopg.Cursor, items: pd.DataFrame, progress: ProgressFn |
         "INSERT INTO items (external_id, domain, title, categories, description, provider_id, attributes, created_at) "
         "SELECT external_id, domain, title, coalesce(categories, '{}'), coalesce(description, ''), provider_id, "
         "coalesce(attributes, '{}'), coalesce(created_at, now()) FROM stage_items "
-        f"WHERE length(external_id) BETWEEN 1 AND {MAX_ID_LEN} ON CONFLICT (external_id) DO NOTHING"
+        "WHERE length(external_id) BETWEEN 1 AND %s ON CONFLICT (external_id) DO NOTHING",
+        (MAX_ID_LEN,),
     )
     return cur.rowcount
 
 
 # Why a staged event is refused; NULL means it is loadable. Checked in SQL so nothing aborts the transaction.
-_EVENT_REJECT_REASON = f"""
+_EVENT_REJECT_REASON = """
     CASE
-      WHEN s.event_id IS NULL OR length(s.event_id) NOT BETWEEN 1 AND {MAX_ID_LEN}
-        THEN 'event_id: empty or longer than {MAX_ID_LEN} characters'
-      WHEN s.user_external_id IS NULL OR length(s.user_external_id) NOT BETWEEN 1 AND {MAX_ID_LEN}
-        THEN 'user_id: empty or longer than {MAX_ID_LEN} characters'
+      WHEN s.event_id IS NULL OR length(s.event_id) NOT BETWEEN 1 AND %(max_len)s
+        THEN 'event_id: empty or longer than ' || %(max_len)s || ' characters'
+      WHEN s.user_external_id IS NULL OR length(s.user_external_id) NOT BETWEEN 1 AND %(max_len)s
+        THEN 'user_id: empty or longer than ' || %(max_len)s || ' characters'
       WHEN s.event_type IS NULL OR s.event_type <> ALL (%(types)s)
         THEN 'event_type: ' || coalesce(quote_literal(s.event_type), 'missing') || ' is not one of ' || %(types_text)s
       WHEN s.occurred_at IS NULL THEN 'occurred_at: missing'
       WHEN i.item_id IS NULL THEN 'item_id: unknown item ' || coalesce(quote_literal(s.item_external_id), 'NULL')
           || ' (import the catalog first)'
     END"""
+
+
+_STAGE_CHECKED = (
+    "CREATE TEMP TABLE stage_checked ON COMMIT DROP AS SELECT s.*, i.item_id, "  # noqa: S608 (constant SQL fragments only)
+    + _EVENT_REJECT_REASON
+    + " AS reason FROM stage_events s LEFT JOIN items i ON i.external_id = s.item_external_id"
+)
 
 
 def _load_events(cur: psycopg.Cursor, events: pd.DataFrame, progress: ProgressFn | None) -> tuple[int, int, int]:
@@ -116,13 +126,8 @@ def _load_events(cur: psycopg.Cursor, events: pd.DataFrame, progress: ProgressFn
         "ON COMMIT DROP"
     )
     _copy_frame(cur, "stage_events", events, EVENT_COLUMNS, "events", progress)
-    params = {"types": list(EVENT_TYPES), "types_text": ", ".join(EVENT_TYPES)}
-    cur.execute(
-        "CREATE TEMP TABLE stage_checked ON COMMIT DROP AS "
-        f"SELECT s.*, i.item_id, {_EVENT_REJECT_REASON} AS reason "
-        "FROM stage_events s LEFT JOIN items i ON i.external_id = s.item_external_id",
-        params,
-    )
+    params = {"types": list(EVENT_TYPES), "types_text": ", ".join(EVENT_TYPES), "max_len": MAX_ID_LEN}
+    cur.execute(_STAGE_CHECKED, params)
     # Users named only by events are created; their first event time is their creation time.
     cur.execute(
         "INSERT INTO users (external_id, created_at) SELECT user_external_id, min(occurred_at) FROM stage_checked "
@@ -135,8 +140,9 @@ def _load_events(cur: psycopg.Cursor, events: pd.DataFrame, progress: ProgressFn
         "ON CONFLICT (event_id) DO NOTHING"
     )
     inserted = cur.rowcount
-    row = cur.execute("SELECT count(*) FILTER (WHERE reason IS NULL), count(*) FILTER (WHERE reason IS NOT NULL) "
-                      "FROM stage_checked").fetchone()
+    row = cur.execute(
+        "SELECT count(*) FILTER (WHERE reason IS NULL), count(*) FILTER (WHERE reason IS NOT NULL) FROM stage_checked"
+    ).fetchone()
     assert row is not None
     valid, rejected = row
     return inserted, valid - inserted, rejected

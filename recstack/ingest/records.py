@@ -13,11 +13,25 @@ MAX_ID_LEN = 128
 # Column order of each frame, as the loader COPYs them.
 USER_COLUMNS = ["external_id", "attributes", "created_at"]
 ITEM_COLUMNS = [
-    "external_id", "domain", "title", "categories", "description", "provider_id", "attributes", "created_at",
+    "external_id",
+    "domain",
+    "title",
+    "categories",
+    "description",
+    "provider_id",
+    "attributes",
+    "created_at",
 ]
 EVENT_COLUMNS = [
-    "event_id", "user_external_id", "item_external_id", "event_type", "value", "occurred_at", "context",
-    "source_file", "source_line",
+    "event_id",
+    "user_external_id",
+    "item_external_id",
+    "event_type",
+    "value",
+    "occurred_at",
+    "context",
+    "source_file",
+    "source_line",
 ]
 
 

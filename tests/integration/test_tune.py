@@ -21,6 +21,13 @@ def test_search_finds_a_config_that_ranks_well(tmp_path) -> None:  # type: ignor
     assert {t["loss"] for t in result.trials} <= {"YetiRank", "QueryRMSE"}
     assert result.best_ndcg10 == max(t["valid_ndcg10"] for t in result.trials)
     cfg = result.best_config
-    _, metrics = train_ranker(train, valid, loss=cfg["loss"], depth=cfg["depth"], learning_rate=cfg["learning_rate"],
-                              l2_leaf_reg=cfg["l2_leaf_reg"], iterations=cfg["iterations"])
+    _, metrics = train_ranker(
+        train,
+        valid,
+        loss=cfg["loss"],
+        depth=cfg["depth"],
+        learning_rate=cfg["learning_rate"],
+        l2_leaf_reg=cfg["l2_leaf_reg"],
+        iterations=cfg["iterations"],
+    )
     assert metrics["valid_ndcg@10"] > 0.7

@@ -8,7 +8,9 @@ from serving.experiments import Experiment, Variant, assign
 
 
 def _experiment() -> Experiment:
-    return Experiment(name="ranker-v2", variants=[Variant(name="control", weight=1), Variant(name="treatment", weight=3)])
+    return Experiment(
+        name="ranker-v2", variants=[Variant(name="control", weight=1), Variant(name="treatment", weight=3)]
+    )
 
 
 def test_assignment_follows_weights() -> None:
@@ -23,7 +25,8 @@ def test_assignment_is_stable_across_processes() -> None:
     # Python's str hash is salted per process; a new interpreter must give the same variants.
     code = (
         "from serving.experiments import Experiment, Variant, assign;"
-        "e = Experiment(name='ranker-v2', variants=[Variant(name='control', weight=1), Variant(name='treatment', weight=3)]);"
+        "e = Experiment(name='ranker-v2', "
+        "variants=[Variant(name='control', weight=1), Variant(name='treatment', weight=3)]);"
         "print(','.join(assign(e, f'user-{u}').name for u in range(200)))"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -1,0 +1,58 @@
+"""`recstack models list | promote VERSION | rollback`: the model registry from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from recstack import db, stack
+from recstack.console import console
+from recstack.settings import get_settings
+from training import registry
+
+models_app = typer.Typer(help="Trained rankers: list, promote a version, roll back.", no_args_is_help=True)
+
+
+def _connect():  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    return db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s, autocommit=True)
+
+
+@models_app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every registered model, newest first; the promoted one is marked."""
+    with _connect() as conn:
+        records = registry.list_models(conn)
+    if as_json:
+        print(json.dumps([{**r.__dict__, "created_at": r.created_at.isoformat()} for r in records], indent=2))
+        return
+    table = Table("version", "promoted", "valid NDCG@10", "loss", "features", "sha256", "created")
+    for r in records:
+        table.add_row(
+            r.version,
+            "*" if r.promoted else "",
+            f"{r.metrics.get('valid_ndcg@10', float('nan')):.4f}",
+            str(r.params.get("loss", "")),
+            str(len(r.features)),
+            r.sha256[:12],
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+
+
+@models_app.command()
+def promote(version: str = typer.Argument(..., help="A version from `recstack models list`.")) -> None:
+    """Make VERSION the model serving uses (picked up without restarting the app)."""
+    with _connect() as conn:
+        record = registry.promote(conn, version)
+    console.print(f"promoted {record.version}")
+
+
+@models_app.command()
+def rollback() -> None:
+    """Re-promote the model that was promoted before the current one."""
+    with _connect() as conn:
+        record = registry.rollback(conn)
+    console.print(f"rolled back to {record.version}")
