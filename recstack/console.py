@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `| tee`) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
+console = Console() if sys.stdout.isatty() else Console(width=140)
+err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
 
 
 @contextmanager
