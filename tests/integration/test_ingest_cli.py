@@ -1,0 +1,82 @@
+"""`recstack ingest ...` as a user runs it: real CLI process, real embedded Postgres."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from recstack import stack
+from recstack.ingest.fixtures import corrupt_lines, write_movielens_100k
+from recstack.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recstack.cli", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
+    )
+
+
+def counts(settings: Settings) -> tuple[int, int, int]:
+    with psycopg.connect(stack.postgres_dsn(settings)) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM items), "
+            "(SELECT count(*) FROM events WHERE event_type = 'rating')"
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def test_movielens_100k_loads_once(clean_db: Settings, tmp_path: Path) -> None:
+    folder = write_movielens_100k(tmp_path / "ml-100k")
+    first = cli("ingest", "movielens", str(folder))
+    assert first.returncode == 0, first.stderr
+    assert counts(clean_db) == (943, 1682, 100_000)
+    assert "100,000" in first.stdout
+    second = cli("ingest", "movielens", str(folder))
+    assert second.returncode == 0, second.stderr
+    assert counts(clean_db) == (943, 1682, 100_000)  # a second run adds 0 rows
+
+
+def test_corrupted_lines_are_reported_and_the_good_rows_load(clean_db: Settings, tmp_path: Path) -> None:
+    folder = write_movielens_100k(tmp_path / "ml-100k", users=60, items=90, ratings=3000)
+    corrupt_lines(folder / "u.data", [10, 2500])
+    result = cli("ingest", "movielens", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert counts(clean_db)[2] == 2998
+    assert "u.data:10:" in result.stdout and "u.data:2500:" in result.stdout
+
+
+def test_non_movielens_folder_is_refused_and_nothing_changes(clean_db: Settings, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not ratings")
+    result = cli("ingest", "movielens", str(tmp_path))
+    assert result.returncode == 1
+    assert "supported layouts" in result.stderr and "u.data" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert counts(clean_db) == (0, 0, 0)
+
+
+def test_events_file_import_rejects_unknown_items_by_line(clean_db: Settings, tmp_path: Path) -> None:
+    folder = write_movielens_100k(tmp_path / "ml", users=20, items=30, ratings=200)
+    assert cli("ingest", "movielens", str(folder)).returncode == 0
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "event_id,user_id,item_id,event_type,occurred_at\n"
+        "x1,brand-new-user,ml-m1,like,2026-01-01T00:00:00Z\n"
+        "x2,ml-u1,ml-m99999,view,2026-01-01T00:00:00Z\n"
+    )
+    result = cli("ingest", "events", str(events))
+    assert result.returncode == 0, result.stderr
+    assert "events.csv:3: item_id: unknown item 'ml-m99999'" in result.stdout
+    with psycopg.connect(stack.postgres_dsn(clean_db)) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE external_id = 'brand-new-user'").fetchone() == (1,)

@@ -1,0 +1,66 @@
+"""MovieLens parsing on folders in the published formats (generated: real MovieLens cannot be downloaded here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recstack.ingest.fixtures import corrupt_lines, write_movielens_1m, write_movielens_100k, write_movielens_latest
+from recstack.ingest.movielens import detect_layout, read_movielens
+from recstack.ingest.records import SourceFormatError
+
+
+@pytest.fixture(scope="module")
+def ml100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_movielens_100k(tmp_path_factory.mktemp("ml") / "ml-100k")
+
+
+def test_100k_has_the_real_counts(ml100k: Path) -> None:
+    batch = read_movielens(ml100k)
+    assert (len(batch.users), len(batch.items), len(batch.events)) == (943, 1682, 100_000)
+    assert batch.rejects == []
+    assert set(batch.events["event_type"]) == {"rating"}
+    assert batch.events["value"].between(1, 5).all()
+    assert batch.events["event_id"].is_unique
+    assert set(batch.items["domain"]) == {"movies"}
+    assert all(isinstance(c, list) and c == [g.lower() for g in c] for c in batch.items["categories"])
+
+
+def test_layouts_are_detected_also_one_folder_down(tmp_path: Path, ml100k: Path) -> None:
+    assert detect_layout(ml100k)[0].name == "ml-100k"
+    assert detect_layout(ml100k.parent)[0].name == "ml-100k"  # the folder that holds the unzipped ml-100k/
+    assert detect_layout(write_movielens_1m(tmp_path / "ml-1m"))[0].name == "ml-1m"
+    assert detect_layout(write_movielens_latest(tmp_path / "ml-latest-small"))[0].name == "ml-latest"
+
+
+def test_a_non_movielens_folder_is_refused_with_the_supported_layouts(tmp_path: Path) -> None:
+    (tmp_path / "ratings.txt").write_text("1,2,3\n")
+    with pytest.raises(SourceFormatError) as info:
+        read_movielens(tmp_path)
+    message = str(info.value)
+    assert "u.data" in message and "ratings.dat" in message and "ratings.csv" in message
+
+
+def test_corrupted_lines_are_rejected_by_line_number_and_the_rest_loads(tmp_path: Path) -> None:
+    folder = write_movielens_100k(tmp_path / "ml-100k", users=50, items=80, ratings=2000)
+    corrupt_lines(folder / "u.data", [5, 17, 1999])
+    batch = read_movielens(folder)
+    assert [(r.file, r.line) for r in batch.rejects] == [("u.data", 5), ("u.data", 17), ("u.data", 1999)]
+    reasons = " | ".join(r.reason for r in batch.rejects)
+    assert "expected 4 fields" in reasons and "user id" in reasons and "rating" in reasons
+    assert len(batch.events) == 2000 - 3
+
+
+def test_latest_half_stars_map_onto_1_to_5_and_keep_the_raw_value(tmp_path: Path) -> None:
+    batch = read_movielens(write_movielens_latest(tmp_path / "ml-latest"))
+    raw = batch.events["context"].map(lambda c: __import__("json").loads(c)["raw_rating"])
+    assert batch.events["value"].between(1, 5).all()
+    assert batch.events.loc[raw == 0.5, "value"].eq(1.0).all() and batch.events.loc[raw == 5.0, "value"].eq(5.0).all()
+    assert batch.items["title"].str.contains(", The").any()  # quoted titles with commas parsed whole
+    assert any(c == [] for c in batch.items["categories"])  # "(no genres listed)"
+
+
+def test_latin1_titles_are_decoded(ml100k: Path) -> None:
+    titles = read_movielens(ml100k).items["title"]
+    assert titles.str.contains("Café").any() and titles.str.contains("Amélie").any()
