@@ -12,11 +12,15 @@ from recstack import stack
 from recstack.console import console, err_console
 from recstack.db import StoreUnreachable
 from recstack.demo import demo
+from recstack.features.cli import features_app, materialize
+from recstack.features.store import FeastError
 from recstack.ingest.cli import ingest_app
 from recstack.ingest.records import SourceFormatError
 from recstack.settings import get_settings
 from training.models_cli import models_app
 from training.registry import RegistryError
+from validation.cli import validate
+from validation.gate import ValidationFailed
 
 app = typer.Typer(
     help="recstack: feature store and model serving for personalized recommendations.",
@@ -26,10 +30,21 @@ app = typer.Typer(
 )
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(models_app, name="models")
+app.add_typer(features_app, name="features")
+app.command()(validate)
+app.command()(materialize)
 app.command()(demo)
 
 # Errors a user can act on: printed as one line, exit code 1, never a stack trace.
-USER_ERRORS = (stack.StackError, StoreUnreachable, SourceFormatError, FileNotFoundError, RegistryError)
+USER_ERRORS = (
+    stack.StackError,
+    StoreUnreachable,
+    SourceFormatError,
+    FileNotFoundError,
+    RegistryError,
+    ValidationFailed,
+    FeastError,
+)
 
 
 @app.command()

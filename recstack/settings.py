@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     redis_port: int = Field(default=56379, ge=1024, le=65535, description="Port of the embedded Redis.")
     connect_timeout_s: float = Field(default=3.0, gt=0, le=60, description="Connect/socket timeout for stores.")
     seed: int = Field(default=42, description="Default random seed for generators and training.")
+    feature_repo: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parents[1] / "feature_repo",
+        description="The Feast repository (feature_store.yaml and definitions).",
+    )
 
     @field_validator("postgres_dsn")
     @classmethod
@@ -60,6 +64,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def feast_registry(self) -> Path:
+        return self.home / "feast" / "registry.db"
 
     @property
     def reports_dir(self) -> Path:

@@ -413,6 +413,10 @@ def client_env(settings: Settings) -> dict[str, str]:
         redis_conn += f",password={parts.password}"
     if parts.scheme == "rediss":
         redis_conn += ",ssl=true"
+    # A hung Redis must not hang a Feast read or push either.
+    redis_conn += (
+        f",socket_timeout={settings.connect_timeout_s:g},socket_connect_timeout={settings.connect_timeout_s:g}"
+    )
     return {
         "FEAST_PG_HOST": str(pg.get("host") or "localhost"),
         "FEAST_PG_PORT": str(pg.get("port") or 5432),
@@ -421,4 +425,5 @@ def client_env(settings: Settings) -> dict[str, str]:
         "FEAST_PG_PASSWORD": str(pg.get("password") or ""),
         "FEAST_PG_SSLMODE": str(pg.get("sslmode") or "disable"),
         "FEAST_REDIS": redis_conn,
+        "FEAST_REGISTRY_PATH": str(settings.feast_registry),
     }

@@ -40,7 +40,7 @@ def test_external_servers_replace_embedded_ones_and_hide_passwords(monkeypatch: 
     assert stack.postgres_dsn(settings) == "postgresql://app:s3cret@db.example:6543/reco"
     env = stack.client_env(settings)
     assert env["FEAST_PG_HOST"] == "db.example" and env["FEAST_PG_PORT"] == "6543"
-    assert env["FEAST_REDIS"] == "cache.example:6380,db=2,password=pw"
+    assert env["FEAST_REDIS"].startswith("cache.example:6380,db=2,password=pw,socket_timeout=")
     from recstack.db import describe_dsn
 
     assert "s3cret" not in describe_dsn(stack.postgres_dsn(settings))

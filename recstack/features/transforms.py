@@ -1,0 +1,52 @@
+"""Request-time feature transformations, as plain functions over pandas frames.
+
+Feast's on-demand feature views (feature_repo/on_demand.py) call these, and so does the serving path, so offline
+training frames and online requests compute context and user x item features the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+CONTEXT_OUTPUTS = ["hour_sin", "hour_cos", "is_weekend", "ctx_device", "ctx_locale"]
+CROSS_OUTPUTS = ["category_affinity", "category_match_rank", "seconds_since_last_event"]
+
+
+def context_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """Hour of day on the unit circle (23h and 0h are neighbours), weekend flag, device and locale."""
+    hour = frame["hour_of_day"].astype("float64")
+    out = pd.DataFrame(index=frame.index)
+    out["hour_sin"] = np.sin(2 * np.pi * hour / 24).astype("float64")
+    out["hour_cos"] = np.cos(2 * np.pi * hour / 24).astype("float64")
+    out["is_weekend"] = frame["day_of_week"].isin([5, 6]).astype("int64")
+    out["ctx_device"] = frame["device"].fillna("unknown").astype(str)
+    out["ctx_locale"] = frame["locale"].fillna("unknown").astype(str)
+    return out
+
+
+def _affinity(categories: object, shares: object, item_categories: object) -> tuple[float, int]:
+    """Largest share of the user's positives among the item's categories, and its rank (0 = top, -1 = none)."""
+    if categories is None or item_categories is None or shares is None:
+        return 0.0, -1
+    wanted = set(item_categories)  # type: ignore[call-overload]
+    for rank, (category, share) in enumerate(zip(categories, shares, strict=False)):  # type: ignore[call-overload]
+        if category in wanted:
+            return float(share), rank
+    return 0.0, -1
+
+
+def user_item_crosses(frame: pd.DataFrame) -> pd.DataFrame:
+    """User x item features: the user's affinity for the item's categories; recency of the user's last event."""
+    pairs = [
+        _affinity(c, s, i)
+        for c, s, i in zip(frame["affinity_categories"], frame["affinity_shares"], frame["categories"], strict=True)
+    ]
+    out = pd.DataFrame(index=frame.index)
+    out["category_affinity"] = np.array([p[0] for p in pairs], dtype="float64")
+    out["category_match_rank"] = np.array([p[1] for p in pairs], dtype="int64")
+    last = pd.to_datetime(frame["last_event_at"], utc=True, errors="coerce")
+    last_s = (last - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    since = frame["request_ts"].astype("float64") - last_s
+    out["seconds_since_last_event"] = since.fillna(-1.0).astype("float64")
+    return out

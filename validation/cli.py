@@ -1,0 +1,44 @@
+"""`recstack validate`: run the suites, print a per-suite summary, write Data Docs, exit 1 on failure."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from recstack.console import console
+from recstack.settings import get_settings
+from validation.gate import run_suites
+from validation.suites import all_specs
+
+
+def validate(
+    suite: list[str] = typer.Option(None, "--suite", "-s", help="Suite to run (repeatable); default all."),
+    docs: bool = typer.Option(True, help="Write Data Docs HTML under RECSTACK_HOME/reports/data_docs."),
+) -> None:
+    """Validate users, items, events and feature tables with Great Expectations."""
+    settings = get_settings()
+    unknown = sorted(set(suite or []) - set(all_specs()))
+    if unknown:
+        raise typer.BadParameter(f"unknown suite(s) {unknown}; known: {sorted(all_specs())}", param_hint="--suite")
+    docs_dir = settings.reports_dir / "data_docs" if docs else None
+    with console.status("validating"):
+        results = run_suites(settings, suite or None, docs_dir)
+    table = Table("suite", "expectations", "passed", "failed", "status", "time", title="data validation")
+    for r in results:
+        colour = {"passed": "green", "failed": "red", "missing": "yellow"}[r.status]
+        table.add_row(
+            r.name,
+            str(r.evaluated),
+            str(r.evaluated - r.failed),
+            str(r.failed),
+            f"[{colour}]{r.status}[/]",
+            f"{r.seconds:.1f} s",
+        )
+    console.print(table)
+    for r in results:
+        for failure in r.failures:
+            console.print(f"[red]{r.name}[/]: {failure}", highlight=False)
+    if docs_dir is not None:
+        console.print(f"Data Docs: {docs_dir / 'index.html'}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
