@@ -4,7 +4,6 @@ import pandas as pd
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
-
 from sources import request_context
 from views import item_features, user_features
 

@@ -1,7 +1,6 @@
 """Feature services: the versioned feature sets models are trained and served with."""
 
 from feast import FeatureService
-
 from on_demand import context_features, user_item_features
 from views import item_features, user_features, user_realtime
 
@@ -10,15 +9,37 @@ from views import item_features, user_features, user_realtime
 ranking_v1 = FeatureService(
     name="ranking_v1",
     features=[
-        user_features[[
-            "views_7d", "views_30d", "clicks_7d", "clicks_30d", "likes_7d", "likes_30d", "dislikes_30d",
-            "ratings_30d", "purchases_30d", "skips_30d", "events_30d", "like_ratio_30d", "dislike_ratio_30d",
-            "mean_rating_30d", "days_active_30d",
-        ]],
-        item_features[[
-            "popularity_1d", "popularity_7d", "popularity_30d", "like_ratio_30d", "mean_rating_30d", "age_days",
-            "domain", "provider_id",
-        ]],
+        user_features[
+            [
+                "views_7d",
+                "views_30d",
+                "clicks_7d",
+                "clicks_30d",
+                "likes_7d",
+                "likes_30d",
+                "dislikes_30d",
+                "ratings_30d",
+                "purchases_30d",
+                "skips_30d",
+                "events_30d",
+                "like_ratio_30d",
+                "dislike_ratio_30d",
+                "mean_rating_30d",
+                "days_active_30d",
+            ]
+        ],
+        item_features[
+            [
+                "popularity_1d",
+                "popularity_7d",
+                "popularity_30d",
+                "like_ratio_30d",
+                "mean_rating_30d",
+                "age_days",
+                "domain",
+                "provider_id",
+            ]
+        ],
         context_features,
         user_item_features,
     ],

@@ -2,14 +2,16 @@
 
 from datetime import timedelta
 
+from entities import item, user
 from feast import FeatureView, Field
 from feast.types import Array, Float32, Int32, Int64, String, UnixTimestamp
-
-from entities import item, user
 from sources import item_features_source, user_features_source, user_realtime_push
 
-_COUNTS = [f"{kind}_{days}d" for kind in ("views", "clicks", "likes", "dislikes", "ratings", "purchases", "skips")
-           for days in (1, 7, 30)]
+_COUNTS = [
+    f"{kind}_{days}d"
+    for kind in ("views", "clicks", "likes", "dislikes", "ratings", "purchases", "skips")
+    for days in (1, 7, 30)
+]
 
 # What a user did over the last 1/7/30 days, how they rated, and which categories they like.
 user_features = FeatureView(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,14 @@ class SuiteResult:
     seconds: float = 0.0
 
 
-def _describe(result: Any) -> str:
+def _describe(result: Any, metric: bool = False) -> str:
     """One line per failed expectation: its type, column and bounds, and the observed value."""
     config = result.expectation_config
+    if metric:  # a named metric of the aggregate query: say its value and the allowed range
+        value = (result.result or {}).get("partial_unexpected_list") or ["?"]
+        shown = f"{float(value[0]):.4g}" if isinstance(value[0], int | float | Decimal) else value[0]
+        low, high = config.kwargs.get("min_value"), config.kwargs.get("max_value")
+        return f"{config.kwargs['column']} = {shown}, expected {low:g}..{high:g}"
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format") and v is not None}
     column = kwargs.pop("column", None)
     args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
@@ -130,7 +136,7 @@ def run_suites(settings: Settings, names: list[str] | None = None, docs_dir: Pat
                 result.evaluated += 1
                 if not item.success:
                     result.failed += 1
-                    result.failures.append(_describe(item))
+                    result.failures.append(_describe(item, metric=definition.name.endswith(".metrics")))
         result.status = "failed" if result.failed else "passed"
         result.seconds = time.perf_counter() - started
         results.append(result)

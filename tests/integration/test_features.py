@@ -1,0 +1,265 @@
+"""The feature store end to end on the real embedded Postgres + Redis: build, apply, materialize, push, PIT joins,
+validation gate, and registering a new feature the way the README tells ML engineers to."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+
+from recstack import stack
+from recstack.features import store as feast_store
+from recstack.features.build import build_features
+from recstack.features.materialize import materialize
+from recstack.features.realtime import Feedback, record_event
+from recstack.features.training_frames import ranker_frame
+from recstack.ingest.loader import load_batch
+from recstack.ingest.synthetic import generate
+from recstack.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+USER_COLUMNS = ["likes_30d", "views_7d", "like_ratio_30d", "mean_rating_30d", "affinity_categories"]
+ITEM_COLUMNS = ["popularity_30d", "like_ratio_30d", "domain", "categories", "provider_id"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recstack.cli", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def featured(stack_settings: Settings) -> Settings:
+    """Fresh small synthetic data with features built, the repo applied and materialized."""
+    dsn = stack.postgres_dsn(stack_settings)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE events, items, users, user_features, item_features, feature_watermarks, user_realtime "
+            "RESTART IDENTITY"
+        )
+        load_batch(conn, generate(users=300, items=150, events=15_000, seed=5), "synthetic")
+        build_features(conn)
+    stack_settings.feast_registry.unlink(missing_ok=True)
+    with stack.redis_client(stack_settings) as client:
+        client.flushdb()
+    feast_store.apply(stack_settings)
+    materialize(stack_settings)
+    return stack_settings
+
+
+def latest_offline(dsn: str, table: str, key: str, ids: list[str], columns: list[str]) -> pd.DataFrame:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT DISTINCT ON ({key}) {key}, {', '.join(columns)} FROM {table} "  # noqa: S608 (test constants)
+            f"WHERE {key} = ANY(%s) ORDER BY {key}, event_timestamp DESC",
+            (ids,),
+        ).fetchall()
+    return pd.DataFrame(rows, columns=[key, *columns]).set_index(key)
+
+
+def test_build_is_incremental(featured: Settings) -> None:
+    dsn = stack.postgres_dsn(featured)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        again = build_features(conn)
+        assert [(r.days, r.rows_added) for r in again] == [(0, 0), (0, 0)]
+        last = conn.execute("SELECT max(occurred_at) FROM events").fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO events (event_id, user_id, item_id, event_type, occurred_at) "
+            "SELECT 'late-1', user_id, 1, 'like', %s FROM users WHERE external_id = 'u0000001'",
+            (last + timedelta(days=1),),
+        )
+        after = build_features(conn)
+        assert all(1 <= r.days <= 2 for r in after)  # only the new day (and the one before it) was rebuilt
+        assert after[0].rows_added == 1  # u0000001's snapshot for the new day
+        # Leave the data as materialized for the other tests.
+        conn.execute("DELETE FROM events WHERE event_id = 'late-1'")
+        for table in ("user_features", "item_features"):
+            conn.execute(f"DELETE FROM {table} WHERE event_timestamp > %s", (last + timedelta(days=1),))  # noqa: S608
+
+
+def test_online_values_equal_the_latest_offline_values(featured: Settings) -> None:
+    store = feast_store.open_store(featured)
+    dsn = stack.postgres_dsn(featured)
+    users = [f"u{n:07d}" for n in range(1, 301, 13)]
+    items = [f"i{n:07d}" for n in range(1, 151, 7)]
+    online_users = (
+        store.get_online_features(
+            features=[f"user_features:{c}" for c in USER_COLUMNS], entity_rows=[{"user_id": u} for u in users]
+        )
+        .to_df()
+        .set_index("user_id")
+    )
+    offline_users = latest_offline(dsn, "user_features", "user_id", users, USER_COLUMNS)
+    assert len(offline_users) == len(users)
+    for user in users:
+        for column in USER_COLUMNS:
+            online, offline = online_users.at[user, column], offline_users.at[user, column]
+            if column == "affinity_categories":
+                assert list(online) == list(offline)
+            elif pd.isna(offline):
+                assert pd.isna(online)
+            else:
+                assert online == pytest.approx(offline, rel=1e-6)
+    online_items = (
+        store.get_online_features(
+            features=[f"item_features:{c}" for c in ITEM_COLUMNS], entity_rows=[{"item_id": i} for i in items]
+        )
+        .to_df()
+        .set_index("item_id")
+    )
+    offline_items = latest_offline(dsn, "item_features", "item_id", items, ITEM_COLUMNS)
+    for item in offline_items.index:
+        assert online_items.at[item, "popularity_30d"] == offline_items.at[item, "popularity_30d"]
+        assert list(online_items.at[item, "categories"]) == list(offline_items.at[item, "categories"])
+        assert online_items.at[item, "provider_id"] == offline_items.at[item, "provider_id"]
+
+
+def test_feedback_is_durable_and_pushed_online(featured: Settings) -> None:
+    store = feast_store.open_store(featured)
+    with psycopg.connect(stack.postgres_dsn(featured)) as conn:
+        result = record_event(conn, store, Feedback("rt-1", "u0000002", "i0000009", "like"))
+        repeat = record_event(conn, store, Feedback("rt-1", "u0000002", "i0000009", "like"))
+        stored = conn.execute("SELECT count(*) FROM events WHERE event_id = 'rt-1'").fetchone()
+    assert result.created and result.pushed and not repeat.created
+    assert stored == (1,)
+    online = store.get_online_features(
+        features=["user_realtime:recent_item_ids", "user_realtime:session_events"],
+        entity_rows=[{"user_id": "u0000002"}],
+    ).to_dict()
+    assert online["recent_item_ids"][0][0] == "i0000009"
+    assert online["session_events"][0] == 1
+
+
+def test_point_in_time_join_never_uses_a_later_snapshot(featured: Settings) -> None:
+    """Plant a snapshot dated after the label with an impossible value: it must not be joined."""
+    dsn = stack.postgres_dsn(featured)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        label_time, likes_before = conn.execute(
+            "SELECT event_timestamp + interval '1 hour', likes_30d FROM user_features WHERE user_id = 'u0000003' "
+            "ORDER BY event_timestamp DESC OFFSET 1 LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+        future = conn.execute(
+            "SELECT min(event_timestamp) FROM user_features WHERE user_id = 'u0000003' AND event_timestamp > %s",
+            (label_time,),
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "UPDATE user_features SET likes_30d = 999999 WHERE user_id = 'u0000003' AND event_timestamp = %s", (future,)
+        )
+    try:
+        store = feast_store.open_store(featured)
+        labels = pd.DataFrame(
+            {
+                "user_id": ["u0000003", "u0000003"],
+                "item_id": ["i0000001", "i0000001"],
+                "event_timestamp": [label_time, future + timedelta(minutes=1)],
+                "label": [1, 0],
+            }
+        )
+        frame = ranker_frame(store, labels, service="ranking_v1")
+        # The planted value is joined only to the label after its time.
+        assert list(frame["user_features__likes_30d"]) == [likes_before, 999999]
+        assert {
+            "user_item_features__category_affinity",
+            "context_features__hour_sin",
+            "item_features__popularity_30d",
+        } <= set(frame.columns)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE user_features SET likes_30d = 0 WHERE likes_30d = 999999")
+
+
+def test_corrupt_events_fail_validation_and_block_materialize(featured: Settings) -> None:
+    dsn = stack.postgres_dsn(featured)
+    future = datetime.now(UTC) + timedelta(days=30)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events (event_id, user_id, item_id, event_type, value, occurred_at) VALUES "
+            "('bad-rating', 1, 1, 'rating', 99, now() - interval '1 day'), "
+            "('bad-user', 987654, 1, 'view', NULL, now() - interval '1 day'), "
+            "('bad-time', 1, 1, 'view', NULL, %s)",
+            (future,),
+        )
+    try:
+        keys_before = stack.redis_client(featured).dbsize()
+        result = cli("validate", "--no-docs")
+        assert result.returncode == 1
+        assert "events: expect_column_values_to_be_between(value, min_value=1.0, max_value=5.0)" in result.stdout
+        assert "events_with_unknown_user = 1, expected 0..0" in result.stdout
+        assert "events_in_future = 1, expected 0..0" in result.stdout
+        refused = cli("materialize")
+        assert refused.returncode == 1
+        assert "events_in_future" in refused.stderr and "--force" in refused.stderr
+        assert stack.redis_client(featured).dbsize() == keys_before  # nothing reached Redis
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM events WHERE event_id IN ('bad-rating', 'bad-user', 'bad-time')")
+
+
+NEW_VIEW = """
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+from feast.types import Int64
+
+from entities import item
+
+# How long an item's title is (a new feature registered by the walkthrough test).
+item_title_source = PostgreSQLSource(
+    name="item_title_source", table="item_title_stats", timestamp_field="event_timestamp"
+)
+
+item_title_stats = FeatureView(
+    name="item_title_stats",
+    entities=[item],
+    ttl=timedelta(days=3650),
+    schema=[Field(name="title_length", dtype=Int64)],
+    source=item_title_source,
+)
+"""
+
+
+def test_registering_a_new_feature_end_to_end(featured: Settings, tmp_path: Path) -> None:
+    """The README walkthrough: define a view, feast apply, build its table, materialize, read online."""
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(featured.feature_repo, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "item_title.py").write_text(NEW_VIEW)
+    with psycopg.connect(stack.postgres_dsn(featured), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS item_title_stats AS SELECT external_id AS item_id, "
+            "length(title)::bigint AS title_length, created_at AS event_timestamp FROM items"
+        )
+        expected = conn.execute("SELECT length(title) FROM items WHERE external_id = 'i0000004'").fetchone()
+    env = {**os.environ, **stack.client_env(featured)}
+    applied = subprocess.run(
+        [str(Path(sys.executable).parent / "feast"), "apply"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert applied.returncode == 0, applied.stderr
+    from feast import FeatureStore
+
+    os.environ.update(stack.client_env(featured))
+    store = FeatureStore(repo_path=str(repo))
+    store.materialize(
+        start_date=datetime(1990, 1, 1, tzinfo=UTC), end_date=datetime.now(UTC), feature_views=["item_title_stats"]
+    )
+    online = store.get_online_features(
+        features=["item_title_stats:title_length"], entity_rows=[{"item_id": "i0000004"}]
+    ).to_dict()
+    assert expected is not None and online["title_length"] == [expected[0]]
