@@ -1,6 +1,6 @@
 """Benchmark: synthetic generation + bulk load into Postgres, against row-by-row inserts in the same run.
 
-    .venv/bin/python bench/bench_ingest.py --users 100000 --items 20000 --events 5000000
+    .venv/bin/python -m bench.bench_ingest --users 100000 --items 20000 --events 5000000
 
 Starts its own embedded stack in a temporary RECSTACK_HOME (free ports) unless --use-configured is given,
 prints the figures and writes them as JSON (--out).
@@ -9,25 +9,16 @@ prints the figures and writes them as JSON (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import socket
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
+from bench.common import bench_stack, report
 from recstack import stack
 from recstack.ingest.loader import load_batch
 from recstack.ingest.synthetic import generate
-from recstack.settings import Settings, get_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def row_insert_baseline(dsn: str, batch_events, rows: int) -> float:  # type: ignore[no-untyped-def]
@@ -75,37 +66,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/ingest.json"))
     args = parser.parse_args()
 
-    if args.use_configured:
-        settings = get_settings()
-    else:
-        home = Path(tempfile.mkdtemp(prefix="recstack-bench-"))
-        settings = Settings(home=home, postgres_port=_free_port(), redis_port=_free_port())
-    stack.up(settings)
-    dsn = stack.postgres_dsn(settings)
-    try:
+    with bench_stack(args.use_configured) as settings:
+        dsn = stack.postgres_dsn(settings)
         started = time.perf_counter()
         batch = generate(users=args.users, items=args.items, events=args.events, seed=args.seed)
         generate_s = time.perf_counter() - started
         with psycopg.connect(dsn) as conn:
-            report = load_batch(conn, batch, "bench")
+            loaded = load_batch(conn, batch, "bench")
         rerun_started = time.perf_counter()
         with psycopg.connect(dsn) as conn:
             rerun = load_batch(conn, batch, "bench-rerun")
         rerun_s = time.perf_counter() - rerun_started
         baseline_rps = row_insert_baseline(dsn, batch.events, args.baseline_rows)
-    finally:
-        if not args.use_configured:
-            stack.down(settings)
 
-    load_rps = report.events_loaded / report.seconds
+    load_rps = loaded.events_loaded / loaded.seconds
     figures = {
         "users": args.users,
         "items": args.items,
         "events": args.events,
         "generate_s": round(generate_s, 1),
-        "load_s": round(report.seconds, 1),
-        "total_s": round(generate_s + report.seconds, 1),
-        "events_loaded": report.events_loaded,
+        "load_s": round(loaded.seconds, 1),
+        "total_s": round(generate_s + loaded.seconds, 1),
+        "events_loaded": loaded.events_loaded,
         "load_events_per_s": round(load_rps),
         "rerun_s": round(rerun_s, 1),
         "rerun_events_added": rerun.events_loaded,
@@ -113,10 +95,7 @@ def main() -> None:
         "baseline_extrapolated_s": round(args.events / baseline_rps, 1),
         "peak_rss_mib_client": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2))
-    for key, value in figures.items():
-        print(f"{key:34s} {value}")
+    report(figures, args.out)
 
 
 if __name__ == "__main__":

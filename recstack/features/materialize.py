@@ -81,4 +81,8 @@ def materialize(settings: Settings, force: bool = False, gate: bool = True) -> l
                     view_name, start, end, _window_entities(conn, view_name, start, end), time.perf_counter() - started
                 )
             )
+    if results:  # serving replicas keep item features in memory per version: tell them to reload
+        from recstack.features.online import bump_materialized_version
+
+        bump_materialized_version(stack.redis_client(settings))
     return results

@@ -126,6 +126,71 @@ def test_online_values_equal_the_latest_offline_values(featured: Settings) -> No
         assert online_items.at[item, "provider_id"] == offline_items.at[item, "provider_id"]
 
 
+def test_fast_lookup_equals_feast_on_random_entities(featured: Settings) -> None:
+    """Same values as FeatureStore.get_online_features, including unknown users/items (all None), and a
+    materialization version bump makes a replica's cached item columns reload."""
+    import random
+
+    from recstack.features.online import OnlineLookup, bump_materialized_version
+
+    store = feast_store.open_store(featured)
+    client = stack.redis_client(featured)
+    lookup = OnlineLookup.from_store(
+        store, client, user_views={"user_features": None, "user_realtime": None}, item_views={"item_features": None}
+    )
+    lookup.load_items([f"i{n:07d}" for n in range(1, 151)])
+    rng = random.Random(11)
+    features = [
+        *(f"user_features:{f.name}" for f in store.get_feature_view("user_features").features),
+        *(f"user_realtime:{f.name}" for f in store.get_feature_view("user_realtime").features),
+        *(f"item_features:{f.name}" for f in store.get_feature_view("item_features").features),
+    ]
+    for user_id in [*(f"u{rng.randint(1, 300):07d}" for _ in range(5)), "nobody"]:
+        items = [f"i{rng.randint(1, 150):07d}" for _ in range(40)] + ["i-not-there", "i0000007"]
+        expected = store.get_online_features(
+            features=features,
+            entity_rows=[{"user_id": user_id, "item_id": i} for i in items],
+            full_feature_names=True,
+        ).to_dict()
+        got = lookup.lookup(user_id, items).to_feast_dict(user_id)
+        assert set(got) == set(expected)
+        for name in expected:
+            assert got[name] == expected[name], name
+    assert got["user_features__likes_30d"] == [None] * len(items)  # unknown user: every value None, like Feast
+
+    version = lookup.version
+    with psycopg.connect(stack.postgres_dsn(featured), autocommit=True) as conn:
+        before = conn.execute("SELECT max(popularity_30d) FROM item_features WHERE item_id = 'i0000001'").fetchone()
+    store.write_to_online_store(
+        "item_features",
+        pd.DataFrame(
+            {
+                "item_id": ["i0000001"],
+                "popularity_1d": [1],
+                "popularity_7d": [2],
+                "popularity_30d": [123456],
+                "like_ratio_30d": [0.5],
+                "mean_rating_30d": [4.0],
+                "age_days": [3.0],
+                "domain": ["movies"],
+                "categories": [["drama"]],
+                "provider_id": ["p1"],
+                "event_timestamp": [datetime.now(UTC)],
+                "created": [datetime.now(UTC)],
+            }
+        ),
+    )
+    try:
+        assert lookup.lookup("nobody", ["i0000001"]).items["item_features__popularity_30d"][0] != 123456
+        bump_materialized_version(client)
+        refreshed = lookup.lookup("nobody", ["i0000001"])
+        assert refreshed.version == version + 1
+        assert refreshed.items["item_features__popularity_30d"][0] == 123456
+    finally:
+        materialize(featured, gate=False)  # restores the materialized values (and bumps the version)
+        assert before is not None
+
+
 def test_feedback_is_durable_and_pushed_online(featured: Settings) -> None:
     store = feast_store.open_store(featured)
     with psycopg.connect(stack.postgres_dsn(featured)) as conn:
