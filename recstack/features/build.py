@@ -87,6 +87,49 @@ def build_table(conn: psycopg.Connection, table: str, progress: ProgressFn | Non
     return BuildResult(table, before, after, days, time.perf_counter() - started)
 
 
+# The real-time state of users as the events say it (last 20 distinct non-negative items, newest first; events in
+# the last 30-minute session), for users whose events are newer than their row. Live feedback keeps it current
+# afterwards (recstack.features.realtime).
+_REALTIME_SQL = """
+WITH last AS (
+    SELECT user_id, max(occurred_at) AS last_at FROM events GROUP BY user_id
+), latest_per_item AS (
+    SELECT DISTINCT ON (e.user_id, e.item_id) e.user_id, e.item_id, e.occurred_at
+    FROM events e WHERE e.event_type NOT IN ('dislike', 'skip')
+    ORDER BY e.user_id, e.item_id, e.occurred_at DESC
+), ranked AS (
+    SELECT user_id, item_id, row_number() OVER (PARTITION BY user_id ORDER BY occurred_at DESC, item_id) AS n
+    FROM latest_per_item
+), recent AS (
+    SELECT r.user_id, array_agg(i.external_id ORDER BY r.n) AS items
+    FROM ranked r JOIN items i ON i.item_id = r.item_id WHERE r.n <= 20 GROUP BY r.user_id
+), session AS (
+    SELECT e.user_id, count(*) AS events FROM events e JOIN last l USING (user_id)
+    WHERE e.occurred_at > l.last_at - interval '30 minutes' GROUP BY e.user_id
+)
+INSERT INTO user_realtime AS r (user_id, event_timestamp, recent_item_ids, session_events, last_event_ts)
+SELECT u.external_id, l.last_at, coalesce(rc.items, '{}'), coalesce(s.events, 0), extract(epoch FROM l.last_at)::bigint
+FROM last l JOIN users u ON u.user_id = l.user_id
+LEFT JOIN recent rc ON rc.user_id = l.user_id LEFT JOIN session s ON s.user_id = l.user_id
+ON CONFLICT (user_id) DO UPDATE SET
+    event_timestamp = EXCLUDED.event_timestamp, recent_item_ids = EXCLUDED.recent_item_ids,
+    session_events = EXCLUDED.session_events, last_event_ts = EXCLUDED.last_event_ts
+WHERE r.last_event_ts < EXCLUDED.last_event_ts
+"""
+
+
+def build_realtime(conn: psycopg.Connection) -> BuildResult:
+    """Refresh user_realtime from the events (only users whose events are newer than their row)."""
+    started = time.perf_counter()
+    before = _count(conn, "user_realtime")
+    with conn.transaction():
+        updated = conn.execute(_REALTIME_SQL).rowcount
+    return BuildResult("user_realtime", before, before + max(updated, 0), 0, time.perf_counter() - started)
+
+
 def build_features(conn: psycopg.Connection, progress: ProgressFn | None = None) -> list[BuildResult]:
     """Bring every feature table up to date with the events."""
-    return [build_table(conn, table, progress) for table in TABLES]
+    results = [build_table(conn, table, progress) for table in TABLES]
+    if any(r.days for r in results):
+        results.append(build_realtime(conn))
+    return results

@@ -1,0 +1,64 @@
+"""Baselines the learned models are compared with: popularity, item-kNN (cosine) and EASE (Steck 2019).
+
+Item-kNN and EASE need an items x items matrix; they run on the ``max_items`` most popular items (the head of the
+catalog), with items outside it scored lowest. Both are fit on the positive interactions before the cutoff.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from training.embeddings import pairs
+from training.interactions import Interactions
+
+
+def user_item_matrix(events: Interactions, n_users: int, n_items: int) -> sparse.csr_matrix:
+    """Binary positives (summed event weight > 0)."""
+    data = pairs(events, n_users, n_items)
+    ones = np.ones(len(data.pos_user), np.float32)
+    return sparse.csr_matrix((ones, (data.pos_user, data.pos_item)), shape=(n_users, n_items))
+
+
+class ItemScorer:
+    """Scores every item for a user from the user's positive row: ``scores(row) -> [n_items]``."""
+
+    def __init__(self, x: sparse.csr_matrix, head: np.ndarray, weights: np.ndarray) -> None:
+        self.x, self.head, self.weights = x, head, weights
+
+    def scores(self, user: int) -> np.ndarray:
+        out = np.full(self.x.shape[1], -1e9, np.float32)
+        row = self.x[user][:, self.head].toarray().ravel()
+        out[self.head] = row @ self.weights
+        return out
+
+
+def _head(x: sparse.csr_matrix, max_items: int) -> np.ndarray:
+    popularity = np.asarray(x.sum(0)).ravel()
+    return np.sort(np.argsort(-popularity, kind="stable")[:max_items])
+
+
+def item_knn(x: sparse.csr_matrix, neighbours: int = 100, max_items: int = 8000) -> ItemScorer:
+    """Cosine item-item similarity, each item keeping its ``neighbours`` most similar."""
+    head = _head(x, max_items)
+    xh = x[:, head].astype(np.float32)
+    co = (xh.T @ xh).toarray()
+    norms = np.sqrt(np.diag(co)) + 1e-9
+    sim = co / norms[:, None] / norms[None, :]
+    np.fill_diagonal(sim, 0)
+    if neighbours < sim.shape[1]:
+        cut = np.partition(sim, -neighbours, axis=0)[-neighbours]
+        sim[sim < cut[None, :]] = 0
+    return ItemScorer(x, head, sim.astype(np.float32))
+
+
+def ease(x: sparse.csr_matrix, l2: float = 200.0, max_items: int = 8000) -> ItemScorer:
+    """EASE^R: B = I - P / diag(P), P = (X'X + l2 I)^-1 (Steck 2019, "Embarrassingly Shallow Autoencoders")."""
+    head = _head(x, max_items)
+    xh = x[:, head].astype(np.float64)
+    gram = (xh.T @ xh).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0)
+    return ItemScorer(x, head, b.astype(np.float32))

@@ -1,0 +1,135 @@
+"""Ranker data: per-user history at a cutoff, graded labels in the window after it, candidates as serving makes them.
+
+Protocol (time-based, nothing after the cutoff feeds a query):
+  * history = events before the cutoff: the user's recent items (newest first, distinct, no dislikes/skips) build
+    the query vectors; every item the user touched is excluded from candidates (already seen);
+  * labels = the best grade of the user's events on a candidate in [cutoff, cutoff + window):
+    purchase/like/high rating 3 > click 2 > view 1 > none 0 > dislike/skip/low rating -1 (stored shifted by +1);
+  * features = Feast's ranking_v1 joined point-in-time at the user's first event in the window (its context time),
+    plus the retrieval scores of serving/stages/retrieve.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, candidates_offline, content_query, query_vector
+from training.interactions import Catalog, Interactions
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+NEGATIVE_TYPES = ("dislike", "skip")
+
+
+@dataclass
+class History:
+    """What each user did before a cutoff (dense indices)."""
+
+    recent: list[np.ndarray]  # per user: recent item indices, newest first (distinct, non-negative events)
+    seen_ptr: np.ndarray  # CSR over users of every item touched
+    seen_items: np.ndarray
+
+    def seen(self, user: int) -> np.ndarray:
+        return self.seen_items[self.seen_ptr[user] : self.seen_ptr[user + 1]]
+
+
+def history(events: Interactions, n_users: int, recent: int = 20) -> History:
+    """Recent-items lists and seen sets from time-sorted events."""
+    order = np.lexsort((-events.ts, events.user))  # by user, newest first
+    users, items = events.user[order], events.item[order]
+    negative = np.isin(events.event_type[order], NEGATIVE_TYPES)
+    bounds = np.searchsorted(users, np.arange(n_users + 1))
+    recent_lists: list[np.ndarray] = []
+    seen_parts: list[np.ndarray] = []
+    for u in range(n_users):
+        lo, hi = bounds[u], bounds[u + 1]
+        user_items = items[lo:hi]
+        positive = user_items[~negative[lo:hi]]
+        _, first = np.unique(positive, return_index=True)
+        recent_lists.append(positive[np.sort(first)][:recent])
+        seen_parts.append(np.unique(user_items))
+    seen_ptr = np.zeros(n_users + 1, np.int64)
+    seen_ptr[1:] = np.cumsum([len(p) for p in seen_parts])
+    seen_items = np.concatenate(seen_parts) if seen_parts else np.empty(0, np.int32)
+    return History(recent_lists, seen_ptr, seen_items.astype(np.int64))
+
+
+def window_labels(events: Interactions) -> pd.DataFrame:
+    """Best grade per (user, item) in a window; negatives win only when nothing positive happened."""
+    frame = pd.DataFrame({"user": events.user, "item": events.item, "grade": events.grades(), "ts": events.ts})
+    best = frame.groupby(["user", "item"], sort=False).agg(grade=("grade", "max"), neg=("grade", "min")).reset_index()
+    best["grade"] = np.where((best["grade"] <= 0) & (best["neg"] < 0), -1, best["grade"])
+    return best[["user", "item", "grade"]]
+
+
+def first_event_ts(events: Interactions) -> pd.Series:
+    return pd.Series(events.ts).groupby(events.user).min()
+
+
+@dataclass
+class Retrieval:
+    """What candidate generation needs: vectors and popularity in the catalog's dense order."""
+
+    user_cf: np.ndarray
+    item_cf: np.ndarray  # zeros for items without a collaborative vector
+    item_content: np.ndarray
+    log_popularity: np.ndarray
+    has_user_vector: np.ndarray  # bool per user
+
+
+def user_queries(user: int, hist: History, r: Retrieval) -> tuple[np.ndarray | None, np.ndarray | None]:
+    recent = hist.recent[user]
+    user_vec = r.user_cf[user] if r.has_user_vector[user] else None
+    return query_vector(user_vec, r.item_cf[recent]), content_query(r.item_content[recent])
+
+
+def candidate_frame(
+    users: np.ndarray, hist: History, r: Retrieval, params: RetrievalParams, n_items: int
+) -> pd.DataFrame:
+    """One row per (user, candidate item) with the retrieval features, users in the given order."""
+    parts = []
+    for user in users:
+        exclude = np.zeros(n_items, bool)
+        exclude[hist.seen(int(user))] = True
+        query, content_q = user_queries(int(user), hist, r)
+        items, features = candidates_offline(
+            query, content_q, r.item_cf, r.item_content, r.log_popularity, exclude, params
+        )
+        part = pd.DataFrame(features, columns=CANDIDATE_FEATURES)
+        part.insert(0, "item", items.astype(np.int64))
+        part.insert(0, "user", int(user))
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["user", "item", *CANDIDATE_FEATURES])
+
+
+def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Graded label per candidate row, shifted to be >= 0 for CatBoost (dislike 0, none 1, view 2, ...)."""
+    merged = candidates.merge(labels, on=["user", "item"], how="left")
+    merged["label"] = merged["grade"].fillna(0).astype(np.int64) + 1
+    return merged.drop(columns=["grade"])
+
+
+def join_features(
+    store: FeatureStore, frame: pd.DataFrame, catalog: Catalog, when: pd.Series, service: str = "ranking_v1"
+) -> pd.DataFrame:
+    """Feast point-in-time features for each (user, item) row at ``when[user]`` (unix seconds)."""
+    from recstack.features.training_frames import ranker_frame
+
+    labels = pd.DataFrame(
+        {
+            "user_id": catalog.user_external[frame["user"].to_numpy()],
+            "item_id": catalog.item_external[frame["item"].to_numpy()],
+            "event_timestamp": pd.to_datetime(frame["user"].map(when).to_numpy(), unit="s", utc=True),
+        }
+    )
+    joined = ranker_frame(store, labels, service=service)
+    feature_columns = [c for c in joined.columns if "__" in c]
+    out = frame.reset_index(drop=True).copy()
+    for column in feature_columns:
+        out[column] = joined[column].to_numpy()
+    return out
