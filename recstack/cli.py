@@ -17,6 +17,8 @@ from recstack.features.store import FeastError
 from recstack.ingest.cli import ingest_app
 from recstack.ingest.records import SourceFormatError
 from recstack.settings import get_settings
+from serving.cli import serve
+from training.cli import evaluate, train
 from training.models_cli import models_app
 from training.registry import RegistryError
 from validation.cli import validate
@@ -34,6 +36,9 @@ app.add_typer(features_app, name="features")
 app.command()(validate)
 app.command()(materialize)
 app.command()(demo)
+app.command()(train)
+app.command()(evaluate)
+app.command()(serve)
 
 # Errors a user can act on: printed as one line, exit code 1, never a stack trace.
 USER_ERRORS = (
@@ -57,7 +62,11 @@ def up() -> None:
 @app.command()
 def down() -> None:
     """Stop the embedded servers that `up` started (external servers are left alone)."""
-    stopped = stack.down(get_settings())
+    from serving.cli import stop_local_ray
+
+    settings = get_settings()
+    ray_stopped = stop_local_ray(settings)
+    stopped = stack.down(settings) + (["ray (serve)"] if ray_stopped else [])
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,14 @@ class Settings(BaseSettings):
     redis_port: int = Field(default=56379, ge=1024, le=65535, description="Port of the embedded Redis.")
     connect_timeout_s: float = Field(default=3.0, gt=0, le=60, description="Connect/socket timeout for stores.")
     seed: int = Field(default=42, description="Default random seed for generators and training.")
+    serve_host: str = Field(default="127.0.0.1", description="Address `recstack serve` listens on.")
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the recommendation API.")
+    serve_mode: Literal["graph", "fused"] = Field(
+        default="fused",
+        description="graph: one Ray Serve deployment per stage; fused: all stages in one replica (fewer hops).",
+    )
+    api_key: str | None = Field(default=None, description="When set, every endpoint but health needs X-API-Key.")
+    stage_deadline_ms: float = Field(default=150, gt=0, le=10_000, description="Per-stage deadline when serving.")
     feature_repo: Path = Field(
         default_factory=lambda: Path(__file__).resolve().parents[1] / "feature_repo",
         description="The Feast repository (feature_store.yaml and definitions).",

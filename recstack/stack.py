@@ -400,6 +400,20 @@ def down(settings: Settings) -> list[str]:
     return stopped
 
 
+def extra_state(settings: Settings) -> dict[str, object]:
+    """Other processes recstack started (e.g. the local Ray of `serve --detach`), by name."""
+    return {k: v for k, v in _read_state(settings).items() if k not in ("postgres", "redis")}
+
+
+def record_extra(settings: Settings, name: str, info: dict[str, object] | None) -> None:
+    state = _read_state(settings)
+    if info is None:
+        state.pop(name, None)
+    else:
+        state[name] = info  # type: ignore[assignment]
+    _write_state(settings, state)
+
+
 def client_env(settings: Settings) -> dict[str, str]:
     """Connection settings as environment variables, for ``feature_repo/feature_store.yaml`` (``${...}``)."""
     from psycopg.conninfo import conninfo_to_dict

@@ -58,3 +58,34 @@ def clean_db(stack_settings: Settings) -> Settings:
     with psycopg.connect(stack.postgres_dsn(stack_settings)) as conn:
         conn.execute("TRUNCATE events, items, users RESTART IDENTITY")
     return stack_settings
+
+
+@pytest.fixture(scope="session")
+def trained_stack(stack_settings: Settings) -> Settings:
+    """Tiny synthetic data taken through the whole pipeline: features built, Feast applied and materialized,
+    embeddings + ranker trained (smoke search) and promoted. Shared by the training, serving and demo tests."""
+    import psycopg
+
+    from recstack.features import store as feast_store
+    from recstack.features.build import build_features
+    from recstack.features.materialize import materialize
+    from recstack.ingest.loader import load_batch
+    from recstack.ingest.synthetic import generate
+    from training.pipeline import TrainConfig, train
+
+    dsn = stack.postgres_dsn(stack_settings)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE events, items, users, user_features, item_features, feature_watermarks, user_realtime, "
+            "item_vectors, user_vectors, impressions RESTART IDENTITY CASCADE"
+        )
+        load_batch(conn, generate(users=600, items=300, events=40_000, seed=11), "synthetic")
+        build_features(conn)
+    stack_settings.feast_registry.unlink(missing_ok=True)
+    with stack.redis_client(stack_settings) as client:
+        client.flushdb()
+    feast_store.apply(stack_settings)
+    materialize(stack_settings)
+    report = train(stack_settings, TrainConfig(trials=2, smoke=True, epochs=4, ranker_users=300, seed=3))
+    stack_settings.home.joinpath("trained_version").write_text(report.version)
+    return stack_settings

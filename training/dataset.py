@@ -11,6 +11,7 @@ Protocol (time-based, nothing after the cutoff feeds a query):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -83,9 +84,11 @@ class Retrieval:
 
 
 def user_queries(user: int, hist: History, r: Retrieval) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """As serving builds them: recent items without a vector are left out (not averaged in as zeros)."""
     recent = hist.recent[user]
     user_vec = r.user_cf[user] if r.has_user_vector[user] else None
-    return query_vector(user_vec, r.item_cf[recent]), content_query(r.item_content[recent])
+    cf, content = r.item_cf[recent], r.item_content[recent]
+    return query_vector(user_vec, cf[np.abs(cf).sum(1) > 0]), content_query(content[np.abs(content).sum(1) > 0])
 
 
 def candidate_frame(
@@ -97,8 +100,18 @@ def candidate_frame(
         exclude = np.zeros(n_items, bool)
         exclude[hist.seen(int(user))] = True
         query, content_q = user_queries(int(user), hist, r)
+        recent_cf = r.item_cf[hist.recent[int(user)][: params.recent]]
+        recent_cf = recent_cf[np.abs(recent_cf).sum(1) > 0]  # serving leaves out recent items without a vector
         items, features = candidates_offline(
-            query, content_q, r.item_cf, r.item_content, r.log_popularity, exclude, params
+            query,
+            content_q,
+            r.item_cf,
+            r.item_content,
+            r.log_popularity,
+            exclude,
+            params,
+            user_vector=r.user_cf[user] if r.has_user_vector[user] else None,
+            recent_cf=recent_cf,
         )
         part = pd.DataFrame(features, columns=CANDIDATE_FEATURES)
         part.insert(0, "item", items.astype(np.int64))
@@ -114,10 +127,18 @@ def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFram
     return merged.drop(columns=["grade"])
 
 
+JOIN_CHUNK_ROWS = 10_000  # Feast's Postgres point-in-time join grows faster than linearly beyond ~10k entity rows
+
+
 def join_features(
-    store: FeatureStore, frame: pd.DataFrame, catalog: Catalog, when: pd.Series, service: str = "ranking_v1"
+    store: FeatureStore,
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    when: pd.Series,
+    service: str = "ranking_v1",
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """Feast point-in-time features for each (user, item) row at ``when[user]`` (unix seconds)."""
+    """Feast point-in-time features for each (user, item) row at ``when[user]`` (unix seconds), in chunks."""
     from recstack.features.training_frames import ranker_frame
 
     labels = pd.DataFrame(
@@ -127,9 +148,28 @@ def join_features(
             "event_timestamp": pd.to_datetime(frame["user"].map(when).to_numpy(), unit="s", utc=True),
         }
     )
-    joined = ranker_frame(store, labels, service=service)
+    parts = []
+    for start in range(0, len(labels), JOIN_CHUNK_ROWS):
+        parts.append(ranker_frame(store, labels.iloc[start : start + JOIN_CHUNK_ROWS], service=service))
+        if progress:
+            progress(min(start + JOIN_CHUNK_ROWS, len(labels)), len(labels))
+    joined = pd.concat(parts, ignore_index=True) if parts else ranker_frame(store, labels, service=service)
     feature_columns = [c for c in joined.columns if "__" in c]
     out = frame.reset_index(drop=True).copy()
     for column in feature_columns:
         out[column] = joined[column].to_numpy()
     return out
+
+
+def subsample_unlabelled(frame: pd.DataFrame, per_user: int, seed: int) -> pd.DataFrame:
+    """Keep every labelled row and at most ``per_user`` random unlabelled ("none", label 1) rows per user.
+
+    Nearly all candidates are unlabelled (a user acts on a handful of the ~300); pairwise and listwise losses learn
+    from (labelled, unlabelled) pairs, so a sample of the unlabelled rows keeps the signal at a fraction of the
+    feature-join cost.
+    """
+    rng = np.random.default_rng(seed)
+    key = rng.random(len(frame))
+    rank = pd.Series(key).groupby(frame["user"].to_numpy()).rank(method="first").to_numpy()
+    keep = (frame["label"].to_numpy() != 1) | (rank <= per_user)
+    return frame[keep].reset_index(drop=True)

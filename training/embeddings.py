@@ -1,9 +1,12 @@
-"""Collaborative embeddings: matrix factorization trained with a weighted BPR loss (Rendle et al. 2009) in torch.
+"""Collaborative embeddings: a two-tower (ID embedding) retrieval model trained by sampled softmax in torch.
 
 Positives are (user, item) pairs whose summed event weight is > 0; stronger events (purchase, like, high rating)
-weigh more. Each positive is contrasted with a sampled item (BPR) and, when the user has explicit negatives
-(dislike, skip, low rating), also pushed above one of those. Scores are plain dot products, so pgvector's inner
-product HNSW index serves the same ranking. Deterministic per seed on CPU; uses every core torch is given.
+weigh more. Each positive is contrasted with popularity-sampled items (log-q corrected) and, when the user has
+explicit negatives (dislike, skip, low rating), one of those. Vectors are unit-norm, so pgvector's inner-product
+HNSW index serves the same ranking. Deterministic per seed on CPU; uses both cores.
+
+Measured on 20k users / 5k items / 1M synthetic events (1,000 test users, NDCG@10, seen items excluded): the
+earlier BPR version scored 0.013, this one 0.035-0.039, EASE 0.038 (figures and protocol in the issue notes).
 """
 
 from __future__ import annotations
@@ -60,16 +63,23 @@ def train_embeddings(
     events: Interactions,
     n_users: int,
     n_items: int,
-    epochs: int = 20,
+    epochs: int = 8,
     dim: int = DIM,
-    batch_size: int = 8192,
-    lr: float = 0.02,
-    l2: float = 1e-5,
+    batch_size: int = 1024,
+    lr: float = 0.005,
+    negatives: int = 1024,
+    temperature: float = 0.1,
     seed: int = 42,
-    threads: int | None = None,
+    threads: int | None = 2,
     progress: Callable[[int, float], None] | None = None,
 ) -> EmbeddingModel:
-    """Fit user and item vectors; ``progress(epoch, mean_loss)`` after each epoch."""
+    """Fit unit-norm user and item vectors by sampled softmax; ``progress(epoch, mean_loss)`` after each epoch.
+
+    Each positive (user, item) competes with ``negatives`` items shared by the batch, drawn with probability
+    q ~ popularity^0.5 and corrected by subtracting log q (Yi et al. 2019, "Sampling-bias-corrected neural modeling"),
+    plus one of the user's explicit negatives (dislike, skip, low rating) when there is one. The loss of a positive
+    is weighted by its event strength. Vectors are unit-normalised, so pgvector's inner product is cosine.
+    """
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     if threads:
@@ -84,9 +94,10 @@ def train_embeddings(
     neg_items = data.neg_item[neg_order]
     neg_start = np.searchsorted(data.neg_user[neg_order], np.arange(n_users + 1))
     neg_count = np.diff(neg_start)
-    # Negative sampling proportional to popularity^0.5 (harder than uniform, not dominated by the head).
     sampling = np.sqrt(popularity + 1.0)
     sampling /= sampling.sum()
+    log_q = torch.from_numpy(np.log(sampling).astype(np.float32))
+    normalize = torch.nn.functional.normalize
 
     losses: list[float] = []
     n = len(data.pos_user)
@@ -96,22 +107,22 @@ def train_embeddings(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             users = data.pos_user[idx]
-            sampled = rng.choice(n_items, size=len(idx), p=sampling)
+            sampled = torch.from_numpy(rng.choice(n_items, size=min(negatives, n_items), p=sampling))
             has_neg = neg_count[users] > 0
             pick = neg_start[users] + (rng.random(len(idx)) * np.maximum(neg_count[users], 1)).astype(np.int64)
             explicit = np.where(has_neg, neg_items[np.minimum(pick, len(neg_items) - 1)] if len(neg_items) else 0, 0)
 
-            u = torch.from_numpy(users)
-            pu = model.user(u)
-            pos = (pu * model.item(torch.from_numpy(data.pos_item[idx]))).sum(1)
-            neg = (pu * model.item(torch.from_numpy(sampled))).sum(1)
-            weight = torch.from_numpy(data.pos_weight[idx])
-            loss = -(weight * torch.nn.functional.logsigmoid(pos - neg)).mean()
-            if has_neg.any():
-                mask = torch.from_numpy(has_neg)
-                hard = (pu[mask] * model.item(torch.from_numpy(explicit[has_neg]))).sum(1)
-                loss = loss - torch.nn.functional.logsigmoid(pos[mask] - hard).mean()
-            loss = loss + l2 * (pu.pow(2).sum(1).mean())
+            item = torch.from_numpy(data.pos_item[idx])
+            pu = normalize(model.user(torch.from_numpy(users)), dim=1)
+            pos = (pu * normalize(model.item(item), dim=1)).sum(1, keepdim=True) / temperature - log_q[item][:, None]
+            neg = pu @ normalize(model.item(sampled), dim=1).T / temperature - log_q[sampled][None, :]
+            neg = neg.masked_fill(sampled[None, :] == item[:, None], -1e9)  # a sample equal to the positive
+            hard = (pu * normalize(model.item(torch.from_numpy(explicit)), dim=1)).sum(1, keepdim=True) / temperature
+            hard = hard.masked_fill(~torch.from_numpy(has_neg)[:, None], -1e9)
+            logits = torch.cat([pos, neg, hard], dim=1)
+            target = torch.zeros(len(idx), dtype=torch.long)
+            per_pair = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+            loss = (torch.from_numpy(data.pos_weight[idx]) * per_pair).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -121,7 +132,7 @@ def train_embeddings(
         if progress:
             progress(epoch + 1, losses[-1])
     with torch.no_grad():
-        user = model.user.weight.detach().numpy().astype(np.float32).copy()
-        item = model.item.weight.detach().numpy().astype(np.float32).copy()
+        user = normalize(model.user.weight, dim=1).numpy().astype(np.float32).copy()
+        item = normalize(model.item.weight, dim=1).numpy().astype(np.float32).copy()
     trained = popularity > 0
     return EmbeddingModel(user=user, item=item, item_popularity=popularity, trained_items=trained, losses=losses)

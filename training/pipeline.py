@@ -36,8 +36,9 @@ KEY_COLUMNS = ["user", "item", "label"]
 class TrainConfig:
     trials: int = 8
     smoke: bool = False
-    epochs: int = 20
-    ranker_users: int = 3000  # users of the valid window whose candidates form the ranker set
+    epochs: int = 8
+    ranker_users: int = 2000  # users of the valid window whose candidates form the ranker set
+    unlabelled_per_user: int = 60  # random "none" candidates kept per user (every labelled one is kept)
     valid_days: float = 7
     test_days: float = 7
     seed: int = 42
@@ -58,13 +59,19 @@ class TrainReport:
 
 
 def retrieval_inputs(model: EmbeddingModel, content: np.ndarray) -> dataset.Retrieval:
-    item_cf = np.where(model.trained_items[:, None], model.item, 0).astype(np.float32)
+    return retrieval_inputs_from_arrays(model.user, model.item, model.trained_items, content, model.item_popularity)
+
+
+def retrieval_inputs_from_arrays(
+    user_cf: np.ndarray, item_cf: np.ndarray, trained: np.ndarray, content: np.ndarray, popularity: np.ndarray
+) -> dataset.Retrieval:
+    """What candidate generation sees, as serving stores it: items without a trained vector get none (zeros)."""
     return dataset.Retrieval(
-        user_cf=model.user,
-        item_cf=item_cf,
+        user_cf=user_cf,
+        item_cf=np.where(trained[:, None], item_cf, 0).astype(np.float32),
         item_content=content,
-        log_popularity=np.log1p(model.item_popularity).astype(np.float32),
-        has_user_vector=np.ones(len(model.user), bool),
+        log_popularity=np.log1p(popularity).astype(np.float32),
+        has_user_vector=np.abs(user_cf).sum(1) > 0,
     )
 
 
@@ -95,7 +102,9 @@ def build_ranker_set(
     retrieval: dataset.Retrieval,
     params: RetrievalParams,
     max_users: int,
+    unlabelled_per_user: int,
     seed: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Candidates for a sample of the window's users, with graded labels and point-in-time features."""
     hist = dataset.history(before, catalog.n_users)
@@ -105,8 +114,8 @@ def build_ranker_set(
     if len(users) > max_users:
         users = np.sort(rng.choice(users, max_users, replace=False))
     candidates = dataset.candidate_frame(users, hist, retrieval, params, catalog.n_items)
-    labelled = dataset.attach_labels(candidates, labels)
-    return dataset.join_features(store, labelled, catalog, dataset.first_event_ts(window))
+    labelled = dataset.subsample_unlabelled(dataset.attach_labels(candidates, labels), unlabelled_per_user, seed)
+    return dataset.join_features(store, labelled, catalog, dataset.first_event_ts(window), progress=progress)
 
 
 def split_groups(frame: pd.DataFrame, seed: int, fit_share: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -179,15 +188,17 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         retrieval_inputs(e1, content),
         config.retrieval,
         config.ranker_users,
+        config.unlabelled_per_user,
         config.seed,
+        progress=lambda done, total: step("features", done, total),
     )
-    step("ranker set", 1, 1)
     timed("ranker_set_s", started)
     features, categorical = ranker_columns(frame)
     fit, early = split_groups(frame, config.seed)
     fit_data, early_data = to_ranker_data(fit, features, categorical), to_ranker_data(early, features, categorical)
 
     started = time.perf_counter()
+    step("tune", 0, config.trials)
     result = run_search(fit_data, early_data, trials=config.trials, smoke=config.smoke, seed=config.seed)
     step("tune", config.trials, config.trials)
     timed("tune_s", started)

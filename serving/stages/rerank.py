@@ -35,6 +35,16 @@ class Candidates:
     reasons: list[list[str]] = field(default_factory=list)
 
 
+def long_tail_mask(popularity: np.ndarray, head_share: float = 0.8) -> np.ndarray:
+    """True for items outside the head: the most popular items that together hold ``head_share`` of interactions."""
+    order = np.argsort(-popularity, kind="stable")
+    cumulative = np.cumsum(popularity[order]) / max(float(popularity.sum()), 1e-12)
+    head_size = int(np.searchsorted(cumulative, head_share)) + 1
+    tail = np.ones(len(popularity), dtype=bool)
+    tail[order[:head_size]] = False
+    return tail
+
+
 def _similarity(candidates: Candidates) -> np.ndarray:
     """Pairwise item similarity: cosine of embeddings, else Jaccard of category sets."""
     if candidates.vectors is not None:

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from psycopg import sql
 
-CANDIDATE_FEATURES = ["cf_score", "content_score", "log_popularity", "from_cf", "from_content", "from_popular"]
+SOURCE_FEATURES = ["cf_score", "content_score", "log_popularity", "from_cf", "from_content", "from_popular"]
+# How the candidate relates to the user's long-term vector and to each recent item separately: a user with several
+# interests has a recent item close to the candidate even when the blended query vector is not.
+SIMILARITY_FEATURES = ["user_score", "recent_mean_score", "recent_max_score", "recent_count"]
+CANDIDATE_FEATURES = [*SOURCE_FEATURES, *SIMILARITY_FEATURES]
 RECENCY_DECAY = 0.85  # weight of the i-th most recent item: decay ** i
 USER_VECTOR_WEIGHT = 0.5  # blend of the long-term user vector and the recent-items vector
 
@@ -64,6 +68,20 @@ def content_query(recent_content: np.ndarray) -> np.ndarray | None:
     return mean / norm if norm > 0 else None
 
 
+def similarity_features(item_vectors: np.ndarray, user_vector: np.ndarray | None, recent_cf: np.ndarray) -> np.ndarray:
+    """[n, len(SIMILARITY_FEATURES)] for candidates' collaborative vectors (zeros for items without one)."""
+    n = len(item_vectors)
+    out = np.zeros((n, len(SIMILARITY_FEATURES)), np.float32)
+    if user_vector is not None:
+        out[:, 0] = item_vectors @ user_vector
+    if len(recent_cf):
+        sims = item_vectors @ recent_cf.T
+        out[:, 1] = sims.mean(1)
+        out[:, 2] = sims.max(1)
+    out[:, 3] = len(recent_cf)
+    return out
+
+
 # -- offline: exact search over in-memory matrices (training set and evaluation) -----------------------------------
 def candidates_offline(
     query: np.ndarray | None,
@@ -73,6 +91,8 @@ def candidates_offline(
     log_popularity: np.ndarray,
     exclude: np.ndarray,
     params: RetrievalParams,
+    user_vector: np.ndarray | None = None,
+    recent_cf: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(item indices, feature matrix [n, len(CANDIDATE_FEATURES)]) for one user; ``exclude`` is a bool mask."""
     n_items = len(item_cf)
@@ -102,7 +122,8 @@ def candidates_offline(
             np.isin(items, from_pop),
         ]
     ).astype(np.float32)
-    return items, features
+    recent = recent_cf if recent_cf is not None else np.empty((0, item_cf.shape[1]), np.float32)
+    return items, np.hstack([features, similarity_features(item_cf[items], user_vector, recent)])
 
 
 # -- online: one SQL statement against pgvector -----------------------------------------------------------------
@@ -160,12 +181,108 @@ def candidates_sql(
                   UNION ALL SELECT item_id, 'pop' FROM pop) s
             GROUP BY item_id
         )
-        SELECT v.external_id, v.domain, v.provider_id, v.categories,
+        SELECT v.external_id, i.title, v.domain, v.provider_id, v.categories, v.cf,
                coalesce(-(v.cf <#> %(q)s::vector), 0) AS cf_score,
                coalesce(1 - (v.content <=> %(c)s::vector), 0) AS content_score,
                ln(1 + v.popularity) AS log_popularity,
                f.from_cf, f.from_ct, f.from_pop
-        FROM found f JOIN item_vectors v ON v.item_id = f.item_id
+        FROM found f JOIN item_vectors v ON v.item_id = f.item_id JOIN items i ON i.item_id = v.item_id
         """
     ).format(where=where, zero_cf=sql.SQL(zero_cf), zero_ct=sql.SQL(zero_ct))
     return statement, params
+
+
+# -- online: the user's state, then the candidate statement --------------------------------------------------------
+@dataclass
+class UserState:
+    user_vector: np.ndarray | None
+    recent_cf: np.ndarray  # [n, 64] newest first (items without a cf vector left out)
+    recent_content: np.ndarray  # [m, 384]
+    seen: list[str]  # every item the user touched (excluded from candidates)
+
+
+@dataclass
+class CandidateSet:
+    item_ids: list[str]
+    titles: list[str]
+    domains: list[str]
+    providers: list[str]
+    categories: list[list[str]]
+    vectors: np.ndarray  # [n, 64] unit cf vectors (zeros where none)
+    features: np.ndarray  # [n, len(CANDIDATE_FEATURES)]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+USER_STATE_SQL = """
+SELECT (SELECT cf FROM user_vectors WHERE external_id = %(user)s),
+       (SELECT coalesce(array_agg(i.external_id), '{}') FROM events e JOIN users u ON u.user_id = e.user_id
+            JOIN items i ON i.item_id = e.item_id WHERE u.external_id = %(user)s)
+"""
+RECENT_SQL = """
+SELECT r.pos, v.cf, v.content FROM unnest(%(recent)s::text[]) WITH ORDINALITY AS r(external_id, pos)
+JOIN item_vectors v ON v.external_id = r.external_id ORDER BY r.pos
+"""
+
+
+def _array(value: object) -> np.ndarray:
+    """A pgvector value (``Vector`` with register_vector, else its text form) as float32."""
+    if hasattr(value, "to_numpy"):
+        return np.asarray(value.to_numpy(), np.float32)
+    if isinstance(value, str):
+        return np.asarray(value.strip("[]").split(","), np.float32)
+    return np.asarray(value, np.float32)
+
+
+def user_state(conn, user_id: str, recent: list[str]) -> UserState:  # type: ignore[no-untyped-def]
+    """User vector, recent items' vectors (order kept) and the seen set: two statements on one connection."""
+    user_vector, seen = conn.execute(USER_STATE_SQL, {"user": user_id}).fetchone()
+    rows = conn.execute(RECENT_SQL, {"recent": recent}).fetchall() if recent else []
+    cf = [_array(r[1]) for r in rows if r[1] is not None]
+    content = [_array(r[2]) for r in rows if r[2] is not None]
+    return UserState(
+        user_vector=_array(user_vector) if user_vector is not None else None,
+        recent_cf=np.stack(cf) if cf else np.empty((0, 64), np.float32),
+        recent_content=np.stack(content) if content else np.empty((0, 384), np.float32),
+        seen=list(dict.fromkeys(seen or [])),
+    )
+
+
+def retrieve(
+    conn,  # type: ignore[no-untyped-def]
+    user_id: str,
+    recent: list[str],
+    filters: Filters,
+    exclude: list[str],
+    params: RetrievalParams,
+    exclude_seen: bool = True,
+) -> CandidateSet:
+    """Serving's candidate generation for one user (the online twin of ``candidates_offline``)."""
+    state = user_state(conn, user_id, recent)
+    query = query_vector(state.user_vector, state.recent_cf)
+    content_q = content_query(state.recent_content)
+    excluded = list(dict.fromkeys([*exclude, *(state.seen if exclude_seen else [])]))
+    statement, args = candidates_sql(query, content_q, filters, excluded, params)
+    with conn.transaction():
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        conn.execute("SET LOCAL hnsw.ef_search = 200")
+        rows = conn.execute(statement, args).fetchall()
+    vectors = np.zeros((len(rows), 64), np.float32)
+    for n, row in enumerate(rows):
+        if row[5] is not None:
+            vectors[n] = _array(row[5])
+    return CandidateSet(
+        item_ids=[r[0] for r in rows],
+        titles=[r[1] or "" for r in rows],
+        domains=[r[2] for r in rows],
+        providers=[r[3] or "" for r in rows],
+        categories=[list(r[4] or []) for r in rows],
+        vectors=vectors,
+        features=np.hstack(
+            [
+                np.array([r[6:12] for r in rows], dtype=np.float32).reshape(len(rows), len(SOURCE_FEATURES)),
+                similarity_features(vectors, state.user_vector, state.recent_cf),
+            ]
+        ),
+    )

@@ -1,0 +1,405 @@
+"""HTTP API (FastAPI) and its Ray Serve application, in two shapes chosen in config (``mode``):
+
+* ``graph``: Ingress -> Retriever -> FeatureLookup -> Ranker -> Reranker, one deployment per stage, each with
+  fractional CPUs and its own autoscaling config, composed through DeploymentHandles;
+* ``fused``: one Ingress deployment running the same stage classes in-process (no handle hops).
+
+``build_app(args)`` is the Serve application builder: ``serve build serving.app:build_app -o serving/serve_config.yaml``
+and ``serve run serving.app:build_app`` work, and ``recstack serve`` calls it. Nothing runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from recstack.settings import Settings, get_settings
+from serving import metrics
+from serving.experiments import Experiment
+from serving.schemas import (
+    MAX_BODY_BYTES,
+    ErrorResponse,
+    FeedbackBatch,
+    FeedbackEvent,
+    FeedbackResult,
+    RecommendRequest,
+    RecommendResponse,
+)
+from serving.service import (
+    Callers,
+    FeatureLookup,
+    Ranker,
+    Recommender,
+    Reranker,
+    Retriever,
+    in_process_callers,
+    run_with_timeout,
+)
+from serving.stages.rerank import RerankParams
+
+log = logging.getLogger("recstack.serving")
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"}
+KNOWN_PATHS = OPEN_PATHS | {"/recommend", "/feedback", "/feedback/batch"}
+
+
+class AppConfig(BaseModel):
+    """The Serve application's arguments (``args`` in serve_config.yaml)."""
+
+    model_config = {"extra": "forbid"}
+
+    mode: str = Field(default="", description="graph | fused; empty = RECSTACK_SERVE_MODE.")
+    deadline_ms: float | None = Field(default=None, gt=0, le=10_000)
+    experiments: list[Experiment] = Field(default_factory=list)
+    rerank: RerankParams = Field(default_factory=RerankParams)
+
+
+# -- the backend the HTTP layer talks to ------------------------------------------------------------------------
+class Backend:
+    """Recommendation, similarity, feedback and readiness over stage callers (in-process or Serve handles)."""
+
+    def __init__(self, settings: Settings, config: AppConfig, callers: Callers, retriever: Any, ranker: Any) -> None:
+        self.settings = settings
+        deadline = (config.deadline_ms or settings.stage_deadline_ms) / 1000
+        self.recommender = Recommender(callers, deadline, config.experiments, config.rerank)
+        self.retriever, self.ranker = retriever, ranker
+        self._feedback: Any = None
+
+    async def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
+        call = self.retriever.similar
+        if hasattr(call, "remote"):
+            return await call.remote(item_id, k)
+        return await asyncio.to_thread(call, item_id, k)
+
+    async def ready(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        from recstack import stack
+
+        for name, check in (("postgres", stack.check_postgres), ("redis", stack.check_redis)):
+            try:
+                await asyncio.to_thread(check, self.settings)
+                checks[name] = "ok"
+            except Exception as err:
+                checks[name] = f"unreachable: {err}"
+        try:
+            call = self.ranker.ready
+            ok = await (call.remote() if hasattr(call, "remote") else asyncio.to_thread(call))
+            checks["model"] = "loaded" if ok else "no promoted model"
+        except Exception as err:
+            checks["model"] = f"error: {err}"
+        return checks
+
+    def feedback_sink(self) -> Any:
+        if self._feedback is None:
+            self._feedback = FeedbackSink(self.settings)
+        return self._feedback
+
+    async def impression(self, response: RecommendResponse) -> None:
+        await asyncio.to_thread(self.feedback_sink().log_impression, response)
+
+
+class FeedbackSink:
+    """Durable feedback (Postgres first), then the real-time state through Feast's push; impressions log."""
+
+    def __init__(self, settings: Settings) -> None:
+        from recstack.features.store import open_store
+        from serving.service import _pool
+
+        self.settings = settings
+        self.pool = _pool(settings)
+        self.store = open_store(settings)
+
+    def record(self, event: FeedbackEvent) -> FeedbackResult:
+        from recstack.features.realtime import Feedback, push_state, store_event
+
+        feedback = Feedback(
+            event.event_id, event.user_id, event.item_id, event.type, event.value, event.occurred_at, {}
+        )
+        with self.pool.connection() as conn:
+            conn.autocommit = False
+            try:
+                result = store_event(conn, feedback)
+                conn.commit()
+            finally:
+                conn.autocommit = True
+        if result.created and result.state is not None:
+            try:  # the event is durable already; a Redis outage only delays the real-time state
+                run_with_timeout(lambda: push_state(self.store, result.state), self.settings.connect_timeout_s)
+            except Exception:
+                metrics.FALLBACKS.labels("feedback_push_failed").inc()
+        status = "created" if result.created else "duplicate"
+        metrics.FEEDBACK.labels(status).inc()
+        return FeedbackResult(event_id=event.event_id, status=status)
+
+    def log_impression(self, response: RecommendResponse) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO impressions (request_id, user_id, experiment, variant, model_version, item_ids, degraded) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                (
+                    response.request_id,
+                    response.user_id,
+                    response.experiment.name if response.experiment else None,
+                    response.experiment.variant if response.experiment else None,
+                    response.model_version,
+                    [i.item_id for i in response.items],
+                    response.degraded,
+                ),
+            )
+
+
+# -- HTTP -------------------------------------------------------------------------------------------------------
+def _error(status: int, error: str, details: list[dict[str, str]] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=error, details=details or [])  # type: ignore[arg-type]
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def create_api(backend: Backend, settings: Settings) -> FastAPI:
+    api = FastAPI(
+        title="recstack",
+        description="Personalized recommendations: retrieval (pgvector) -> features (Feast) -> ranking (CatBoost) "
+        "-> rerank (diversity, provider fairness).",
+        version="1.0",
+        responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 401: {"model": ErrorResponse}},
+    )
+
+    @api.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        path = request.url.path
+        endpoint = path if path in KNOWN_PATHS else "/items/{id}/similar" if path.startswith("/items/") else "other"
+        if settings.api_key and path not in OPEN_PATHS and request.headers.get("x-api-key") != settings.api_key:
+            return _error(401, "missing or wrong X-API-Key header")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        if request.method in ("POST", "PUT", "PATCH"):
+            body = await request.body()  # chunked bodies have no content-length: measure what arrived
+            if len(body) > MAX_BODY_BYTES:
+                return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            response: Response = await call_next(request)
+        except Exception:  # never a bare 500 page: a JSON error without internals
+            log.exception("unhandled error on %s", path)
+            response = _error(500, "internal error; the request was not processed")
+        metrics.RESPONSES.labels(str(endpoint), str(response.status_code)).inc()
+        metrics.REQUEST_SECONDS.labels(str(endpoint)).observe(time.perf_counter() - started)
+        return response
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        details = [{"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg"))} for e in err.errors()]
+        return _error(422, "invalid request: fix the fields listed in details", details)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return _error(err.status_code, str(err.detail))
+
+    @api.post("/recommend", response_model=RecommendResponse)
+    async def recommend(req: RecommendRequest) -> RecommendResponse:
+        """A slate of ``k`` items for the user; already-seen items are excluded."""
+        response = await backend.recommender.recommend(req)
+        asyncio.get_running_loop().create_task(_quietly(backend.impression(response)))
+        return response
+
+    @api.get("/items/{item_id}/similar")
+    async def similar(item_id: str, k: int = 10) -> JSONResponse:
+        """Items similar to ``item_id`` by collaborative and content vectors."""
+        if not 1 <= k <= 100:
+            return _error(422, "invalid request", [{"field": "k", "message": "must be between 1 and 100"}])
+        if not 1 <= len(item_id) <= 128 or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
+            return _error(422, "invalid request", [{"field": "item_id", "message": "1-128 printable characters"}])
+        found = await backend.similar(item_id, k)
+        if found is None:
+            return _error(404, f"unknown item {item_id!r} (or no vectors yet: run `recstack train`)")
+        return JSONResponse({"item_id": item_id, "items": found})
+
+    @api.post("/feedback", response_model=FeedbackResult, responses={404: {"model": ErrorResponse}})
+    async def feedback(event: FeedbackEvent) -> Any:
+        """Store one event (idempotent by event_id) and update the user's real-time state."""
+        return await _record(backend, [event], single=True)
+
+    @api.post("/feedback/batch", response_model=list[FeedbackResult])
+    async def feedback_batch(batch: FeedbackBatch) -> Any:
+        """Up to 500 events; each is stored once whatever the number of retries."""
+        return await _record(backend, batch.events, single=False)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Stores reachable and a model loaded (503 otherwise, with which check failed)."""
+        checks = await backend.ready()
+        ok = checks.get("postgres") == "ok" and checks.get("redis") == "ok" and checks.get("model") == "loaded"
+        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
+
+    @api.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics: stage latencies, fallbacks, degraded responses, model version."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return api
+
+
+async def _quietly(task: Any) -> None:
+    try:
+        await task
+    except Exception:
+        metrics.FALLBACKS.labels("impression_log_failed").inc()
+
+
+async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -> Any:
+    from recstack.features.realtime import EventConflict, UnknownItem
+
+    sink = backend.feedback_sink()
+    results = []
+    for n, event in enumerate(events):
+        where = "" if single else f"events.{n}."
+        try:
+            results.append(await asyncio.to_thread(sink.record, event))
+        except UnknownItem as err:
+            return _error(404, str(err), [{"field": f"{where}item_id", "message": "not in the catalog"}])
+        except EventConflict as err:
+            return _error(409, str(err), [{"field": f"{where}event_id", "message": "reused with another payload"}])
+    return results[0].model_dump() if single else [r.model_dump() for r in results]
+
+
+# -- Ray Serve --------------------------------------------------------------------------------------------------
+STAGE_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16}
+AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
+
+
+@serve.deployment(name="Retriever", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+class RetrieverDeployment:
+    def __init__(self) -> None:
+        self.stage = Retriever(get_settings())
+
+    def retrieve(self, *args: Any) -> Any:
+        return self.stage.retrieve(*args)
+
+    def popular(self, *args: Any) -> Any:
+        return self.stage.popular(*args)
+
+    def similar(self, *args: Any) -> Any:
+        return self.stage.similar(*args)
+
+
+@serve.deployment(name="FeatureLookup", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+class LookupDeployment:
+    def __init__(self) -> None:
+        self.stage = FeatureLookup(get_settings())
+
+    def lookup(self, *args: Any) -> Any:
+        return self.stage.lookup(*args)
+
+
+@serve.deployment(name="Ranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+class RankerDeployment:
+    def __init__(self) -> None:
+        self.stage = Ranker(get_settings())
+
+    def rank(self, *args: Any) -> Any:
+        return self.stage.rank(*args)
+
+    def ready(self) -> bool:
+        return self.stage.ready()
+
+
+@serve.deployment(name="Reranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+class RerankerDeployment:
+    def __init__(self) -> None:
+        self.stage = Reranker()
+
+    def rerank(self, *args: Any) -> Any:
+        return self.stage.rerank(*args)
+
+
+def _handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> Callers:
+    def via(method: Any) -> Any:
+        async def call(*args: Any) -> Any:
+            return await method.remote(*args)
+
+        return call
+
+    return Callers(
+        via(retriever.retrieve), via(retriever.popular), via(lookup.lookup), via(ranker.rank), via(reranker.rerank)
+    )
+
+
+@serve.deployment(
+    name="Ingress",
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=64,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+)
+@serve.ingress()
+class Ingress:
+    """HTTP ingress. With stage handles (graph mode) it calls them; without, it runs the stages in-process."""
+
+    def __init__(self, config: dict[str, Any], *handles: Any) -> None:
+        settings = get_settings()
+        app_config = AppConfig.model_validate(config)
+        if handles:
+            retriever, lookup, ranker, reranker = handles
+            callers = _handle_callers(retriever, lookup, ranker, reranker)
+        else:
+            retriever, ranker = Retriever(settings), Ranker(settings)
+            callers = in_process_callers(retriever, FeatureLookup(settings), ranker, Reranker())
+        self.api = create_api(Backend(settings, app_config, callers, retriever, ranker), settings)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self.api
+
+
+def build_app(args: dict[str, Any] | None = None) -> Any:
+    """Serve application builder (``serve build|run serving.app:build_app``); ``args`` are AppConfig's fields."""
+    try:
+        config = AppConfig.model_validate(args or {})
+    except ValidationError as err:
+        raise ValueError(f"invalid serve application args: {json.dumps(err.errors(), default=str)}") from err
+    mode = config.mode or get_settings().serve_mode
+    payload = config.model_dump(mode="json")
+    if mode == "graph":
+        return Ingress.bind(
+            payload,
+            RetrieverDeployment.bind(),
+            LookupDeployment.bind(),
+            RankerDeployment.bind(),
+            RerankerDeployment.bind(),
+        )
+    if mode != "fused":
+        raise ValueError(f"mode must be 'graph' or 'fused', got {mode!r}")
+    return Ingress.bind(payload)
+
+
+def create_local_api(settings: Settings | None = None, config: AppConfig | None = None) -> FastAPI:
+    """The same API without Ray (one process): tests and the benchmark's in-process floor."""
+    settings = settings or get_settings()
+    config = config or AppConfig()
+    retriever, ranker = Retriever(settings), Ranker(settings)
+    callers = in_process_callers(retriever, FeatureLookup(settings), ranker, Reranker())
+    return create_api(Backend(settings, config, callers, retriever, ranker), settings)
+
+
+# Serve applications for `serve build` / `serve run` (binding is declarative: no I/O, no settings read):
+#   serve build serving.app:graph_app -o serving/serve_config.yaml
+#   serve run serving/serve_config.yaml        or        serve run serving.app:build_app mode=fused
+graph_app = build_app({"mode": "graph"})
+fused_app = build_app({"mode": "fused"})

@@ -1,0 +1,111 @@
+"""`recstack serve [--detach]`: the recommendation API on Ray Serve (a local Ray, dashboard on localhost only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from recstack import stack
+from recstack.console import console
+from recstack.settings import Settings, get_settings
+
+APP_NAME = "recstack"
+
+
+def _ray_bin() -> str:
+    found = Path(sys.executable).with_name("ray")
+    return str(found) if found.exists() else (shutil.which("ray") or "ray")
+
+
+def start_local_ray(settings: Settings) -> None:
+    """A detached local Ray head (outlives this process), dashboard bound to 127.0.0.1; recorded for `down`."""
+    if stack.extra_state(settings).get("ray"):
+        return
+    cmd = [
+        _ray_bin(),
+        "start",
+        "--head",
+        "--num-cpus",
+        str(os.cpu_count() or 2),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise stack.StackError(f"`ray start` failed: {result.stderr.strip().splitlines()[-1:]}")
+    stack.record_extra(settings, "ray", {"started_by": "recstack serve", "at": time.time()})
+
+
+def stop_local_ray(settings: Settings) -> bool:
+    """Stop the Serve app and the local Ray that `serve --detach` started (nothing else)."""
+    if not stack.extra_state(settings).get("ray"):
+        return False
+    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, timeout=120, check=False)
+    stack.record_extra(settings, "ray", None)
+    return True
+
+
+def wait_ready(url: str, timeout_s: float = 120) -> bool:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    return False
+
+
+def serve(
+    detach: bool = typer.Option(False, "--detach", help="Return once the API is ready; `recstack down` stops it."),
+    mode: str | None = typer.Option(None, help="graph (one deployment per stage) or fused (one replica)."),
+    host: str | None = typer.Option(None, help="Listen address (default RECSTACK_SERVE_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, min=1, max=65535, help="HTTP port (default RECSTACK_SERVE_PORT, 8000)."),
+) -> None:
+    """Serve POST /recommend, /feedback, GET /items/{id}/similar, /healthz, /readyz, /metrics, /docs."""
+    import ray
+    from ray import serve as ray_serve
+
+    from serving.app import build_app
+
+    settings = get_settings()
+    if mode is not None and mode not in ("graph", "fused"):
+        raise typer.BadParameter("must be graph or fused", param_hint="--mode")
+    stack.check_postgres(settings)
+    stack.check_redis(settings)
+    host, port = host or settings.serve_host, port or settings.serve_port
+    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("RECSTACK_")}}
+    if detach:
+        start_local_ray(settings)
+        ray.init(address="auto", runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, runtime_env=env, log_to_driver=False)
+    ray_serve.start(http_options={"host": host, "port": port})
+    app = build_app({"mode": mode or settings.serve_mode})
+    url = f"http://{host}:{port}"
+    ray_serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    if not wait_ready(url):
+        console.print(f"[yellow]the API at {url} is not ready yet (see {url}/readyz)[/]")
+    else:
+        console.print(f"serving at {url} (docs {url}/docs), mode {mode or settings.serve_mode}")
+    if detach:
+        return
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()

@@ -1,0 +1,441 @@
+"""The serving stages as plain classes (one per Ray Serve deployment), and the orchestration with deadlines.
+
+``Retriever``, ``FeatureLookup``, ``Ranker`` and ``Reranker`` hold their clients and call the pure stage functions
+in serving/stages. ``Recommender`` chains them through *callers*: in-process (fused mode, tests, the benchmark's
+floor) a caller runs the stage method in a worker thread; in graph mode it is a Ray Serve handle call. Either way
+each stage has a deadline, and a failing or late stage degrades the answer instead of failing it:
+  * retrieval fails -> popular items (cached), degraded;
+  * feature lookup or ranking fails -> retrieval order, degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from recstack import stack
+from recstack.settings import Settings
+from serving import metrics
+from serving.experiments import Experiment, assign
+from serving.schemas import ExperimentAssignment, RecommendedItem, RecommendRequest, RecommendResponse
+from serving.stages.rank import RankContext, contributions, feature_frame, score
+from serving.stages.rerank import Candidates, RerankParams, rerank
+from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet, Filters, RetrievalParams, retrieve
+
+log = logging.getLogger("recstack.serving")
+RERANK_POOL = 100  # the ranker's top-N handed to the rerank stage
+POPULAR_REFRESH_S = 60
+MODEL_CHECK_S = 5
+
+
+def _pool(settings: Settings, size: int = 4):  # type: ignore[no-untyped-def]
+    from pgvector.psycopg import register_vector
+    from psycopg_pool import ConnectionPool
+
+    timeout = settings.connect_timeout_s
+    return ConnectionPool(
+        stack.postgres_dsn(settings),
+        min_size=1,
+        max_size=size,
+        timeout=timeout,
+        kwargs={
+            "autocommit": True,
+            "connect_timeout": max(1, int(timeout)),
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+        },
+        configure=register_vector,
+        open=True,
+    )
+
+
+def _online_lookup(settings: Settings, users: dict[str, Any], items: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from recstack.features.online import OnlineLookup
+    from recstack.features.store import open_store
+
+    client = stack.redis_client(settings)
+    return OnlineLookup.from_store(open_store(settings), client, users, items)
+
+
+class Retriever:
+    """Recent items (Redis, else the durable Postgres copy) -> user state -> one pgvector statement."""
+
+    def __init__(self, settings: Settings, params: RetrievalParams | None = None) -> None:
+        self.settings = settings
+        self.params = params or RetrievalParams()
+        self.pool = _pool(settings)
+        self.realtime = _online_lookup(settings, {"user_realtime": ["recent_item_ids"]}, {})
+
+    def recent_items(self, user_id: str) -> list[str]:
+        try:
+            found = self.realtime.lookup(user_id, []).user.get("user_realtime__recent_item_ids")
+            return list(found or [])
+        except Exception:  # Redis down or slow: the same list from Postgres
+            metrics.FALLBACKS.labels("recent_items_from_postgres").inc()
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT recent_item_ids FROM user_realtime WHERE user_id = %s", (user_id,)
+                ).fetchone()
+            return list(row[0] or []) if row else []
+
+    def retrieve(self, user_id: str, filters: Filters, exclude: list[str], exclude_seen: bool = True) -> CandidateSet:
+        recent = self.recent_items(user_id)[: self.params.recent]
+        with self.pool.connection() as conn:
+            return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen)
+
+    def popular(self, filters: Filters, exclude: list[str], n: int = 500) -> CandidateSet:
+        """Popular items only (the retrieval fallback); same statement with the vector sources switched off."""
+        params = RetrievalParams(cf=0, content=0, popular=n, recent=0)
+        with self.pool.connection() as conn:
+            return retrieve(conn, "", [], filters, exclude, params, exclude_seen=False)
+
+    def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
+        """Items nearest to ``item_id`` by collaborative vector and by content vector (HNSW), merged."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT cf, content FROM item_vectors WHERE external_id = %s", (item_id,)).fetchone()
+            if row is None:
+                return None
+            out: dict[str, dict[str, Any]] = {}
+            with conn.transaction():
+                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                for kind, vector, op in (("collaborative", row[0], "<#>"), ("content", row[1], "<=>")):
+                    if vector is None:
+                        continue
+                    column = "cf" if kind == "collaborative" else "content"
+                    sim = f"-(v.{column} {op} %(q)s)" if op == "<#>" else f"1 - (v.{column} {op} %(q)s)"
+                    rows = conn.execute(
+                        f"SELECT v.external_id, i.title, v.domain, {sim} FROM item_vectors v "  # noqa: S608
+                        f"JOIN items i ON i.item_id = v.item_id WHERE v.{column} IS NOT NULL "
+                        f"AND v.external_id <> %(id)s ORDER BY v.{column} {op} %(q)s LIMIT %(k)s",
+                        {"q": vector, "id": item_id, "k": k},
+                    ).fetchall()
+                    for ext, title, domain, similarity in rows:
+                        entry = out.setdefault(ext, {"item_id": ext, "title": title, "domain": domain, "score": 0.0})
+                        entry["score"] = max(entry["score"], float(similarity))
+                        entry.setdefault("reasons", []).append(f"{kind} similarity {float(similarity):.3f}")
+        return sorted(out.values(), key=lambda e: -e["score"])[:k]
+
+
+class FeatureLookup:
+    """The fast online lookup (Feast's Redis hashes; item columns cached per materialization version)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.lookup_ = _online_lookup(settings, {"user_features": None}, {"item_features": None})
+        try:  # warm the item cache with the whole catalog so the first requests pay nothing
+            with _pool(settings, size=1) as pool, pool.connection() as conn:
+                ids = [r[0] for r in conn.execute("SELECT external_id FROM items ORDER BY item_id")]
+            self.lookup_.load_items(ids)
+        except Exception as err:
+            log.warning("item feature cache not warmed (%s); it fills on demand", err)
+
+    def lookup(self, user_id: str, item_ids: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        found = self.lookup_.lookup(user_id, item_ids)
+        return found.user, found.items
+
+
+class Ranker:
+    """The promoted CatBoost model (checksum verified); a promote or rollback is picked up within seconds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.pool = _pool(settings, size=2)
+        self._models: dict[str, tuple[Any, list[str], list[str]]] = {}
+        self._promoted: str | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        try:
+            self.model(None)  # load (and verify) the promoted model before the first request
+        except Exception as err:
+            log.warning("no model loaded yet (%s)", err)
+
+    def promoted(self) -> str | None:
+        from training import registry
+
+        if time.monotonic() - self._checked > MODEL_CHECK_S:
+            with self.pool.connection() as conn:
+                self._promoted = registry.promoted_version(conn)
+            self._checked = time.monotonic()
+        return self._promoted
+
+    def model(self, version: str | None) -> tuple[str, Any, list[str], list[str]] | None:
+        from training import registry
+
+        version = version or self.promoted()
+        if version is None:
+            return None
+        with self._lock:
+            if version not in self._models:
+                with self.pool.connection() as conn:
+                    record = registry.get(conn, version)
+                loaded = registry.load_verified(record)
+                self._models[version] = (loaded, record.features, record.params.get("categorical", []))
+                metrics.MODEL_INFO.info({"version": version})
+        model, features, categorical = self._models[version]
+        return version, model, features, categorical
+
+    def rank(
+        self,
+        user: dict[str, Any],
+        items: dict[str, np.ndarray],
+        candidates: CandidateSet,
+        ctx: RankContext,
+        version: str | None = None,
+        explain_top: int = 0,
+    ) -> tuple[np.ndarray, str, list[list[str]]]:
+        """(scores, model version, top feature contributions of the ``explain_top`` best)."""
+        found = self.model(version)
+        if found is None:
+            raise RuntimeError("no promoted model")
+        version, model, features, categorical = found
+        frame = feature_frame(user, items, candidates, ctx)
+        scores = score(model, frame, features, categorical)
+        explained: list[list[str]] = []
+        if explain_top:
+            best = np.argsort(-scores)[:explain_top].tolist()
+            explained = contributions(model, frame, features, categorical, best)
+        return scores, version, explained
+
+    def ready(self) -> bool:
+        return self.model(None) is not None
+
+
+class Reranker:
+    def rerank(
+        self, candidates: CandidateSet, scores: np.ndarray, tail: np.ndarray, k: int, params: RerankParams
+    ) -> list[int]:
+        """Slate positions (indices into ``candidates``) after MMR, provider cap and long-tail floor."""
+        top = np.argsort(-scores, kind="stable")[:RERANK_POOL]
+        chosen = rerank(
+            Candidates(
+                item_ids=[candidates.item_ids[i] for i in top],
+                scores=scores[top],
+                providers=[candidates.providers[i] for i in top],
+                long_tail=tail[top],
+                vectors=candidates.vectors[top],
+                categories=[candidates.categories[i] for i in top],
+            ),
+            k,
+            params,
+        )
+        return [int(top[i]) for i in chosen]
+
+
+# -- orchestration ----------------------------------------------------------------------------------------------
+Caller = Callable[..., Awaitable[Any]]
+
+
+class StageTimeout(RuntimeError):
+    pass
+
+
+@dataclass
+class Callers:
+    """How the orchestrator reaches each stage method (in-process thread, or a Ray Serve handle)."""
+
+    retrieve: Caller
+    popular: Caller
+    lookup: Caller
+    rank: Caller
+    rerank: Caller
+
+
+def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Ranker, reranker: Reranker) -> Callers:
+    def threaded(fn: Callable[..., Any]) -> Caller:
+        async def call(*args: Any) -> Any:
+            return await asyncio.to_thread(fn, *args)
+
+        return call
+
+    return Callers(
+        threaded(retriever.retrieve),
+        threaded(retriever.popular),
+        threaded(lookup.lookup),
+        threaded(ranker.rank),
+        threaded(reranker.rerank),
+    )
+
+
+class Recommender:
+    """One /recommend: retrieve -> lookup -> rank -> rerank with per-stage deadlines and degradation."""
+
+    def __init__(
+        self,
+        callers: Callers,
+        deadline_s: float,
+        experiments: list[Experiment] | None = None,
+        rerank_params: RerankParams | None = None,
+    ) -> None:
+        self.callers = callers
+        self.deadline_s = deadline_s
+        self.experiments = experiments or []
+        self.rerank_params = rerank_params or RerankParams()
+        self._popular: CandidateSet | None = None
+        self._popular_at = 0.0
+
+    async def _stage(self, name: str, call: Caller, *args: Any, deadline: float | None = None) -> Any:
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(call(*args), timeout=deadline or self.deadline_s)
+        except TimeoutError as err:
+            raise StageTimeout(f"{name} exceeded its deadline") from err
+        finally:
+            metrics.STAGE_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    async def popular(self, filters: Filters, exclude: list[str]) -> CandidateSet:
+        unfiltered = not (filters.domain or filters.categories or filters.providers)
+        fresh = time.monotonic() - self._popular_at < POPULAR_REFRESH_S
+        if unfiltered and self._popular is not None and fresh:
+            return self._popular
+        try:
+            found = await self._stage("popular", self.callers.popular, filters, [], deadline=2 * self.deadline_s)
+        except Exception:
+            if self._popular is None:
+                raise
+            return self._popular  # Postgres down too: the last popular list we had
+        if unfiltered:
+            self._popular, self._popular_at = found, time.monotonic()
+        return found
+
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        request_id = uuid.uuid4().hex
+        variant, experiment = None, None
+        rerank_params, version = self.rerank_params, None
+        if self.experiments:
+            experiment = self.experiments[0]
+            variant = assign(experiment, req.user_id)
+            rerank_params, version = variant.rerank, variant.model_version
+        filters = Filters(
+            domain=req.domain,
+            categories=list(req.filters.categories or []) if req.filters else [],
+            providers=list(req.filters.providers or []) if req.filters else [],
+        )
+        ctx = RankContext(
+            when=(req.context.timestamp if req.context and req.context.timestamp else datetime.now(UTC)),
+            device=req.context.device if req.context else None,
+            locale=req.context.locale if req.context else None,
+        )
+        degraded, reasons_by_item = False, {}
+        model_version: str | None = None
+        try:
+            candidates = await self._stage(
+                "retrieve", self.callers.retrieve, req.user_id, filters, req.exclude_item_ids
+            )
+            if not len(candidates):
+                raise LookupError("no candidates")
+        except Exception as err:
+            log.warning("retrieval failed (%s): serving popular items", err)
+            metrics.FALLBACKS.labels("retrieve_to_popular").inc()
+            degraded = True
+            candidates = await self.popular(filters, req.exclude_item_ids)
+            excluded = set(req.exclude_item_ids)
+            keep = [i for i, item in enumerate(candidates.item_ids) if item not in excluded]
+            candidates = _subset(candidates, keep)
+        retrieval_order = _retrieval_score(candidates)
+        scores = retrieval_order
+        if not len(candidates):  # nothing matches the filters: an empty slate, not an error
+            return RecommendResponse(
+                request_id=request_id,
+                user_id=req.user_id,
+                items=[],
+                model_version=None,
+                experiment=_assignment(experiment, variant),
+                degraded=degraded,
+            )
+        if not degraded:
+            try:
+                user, items = await self._stage("lookup", self.callers.lookup, req.user_id, candidates.item_ids)
+                explain = req.k if req.explain else 0
+                scores, model_version, explained = await self._stage(
+                    "rank", self.callers.rank, user, items, candidates, ctx, version, explain
+                )
+                if explained:
+                    best = np.argsort(-scores)[: len(explained)]
+                    reasons_by_item = {candidates.item_ids[i]: e for i, e in zip(best, explained, strict=True)}
+            except Exception as err:
+                log.warning("feature lookup or ranking failed (%s): retrieval order", err)
+                metrics.FALLBACKS.labels("rank_to_retrieval_order").inc()
+                degraded, scores = True, retrieval_order
+        tail = _long_tail(candidates)
+        try:
+            slate = await self._stage("rerank", self.callers.rerank, candidates, scores, tail, req.k, rerank_params)
+        except Exception as err:
+            log.warning("rerank failed (%s): score order", err)
+            metrics.FALLBACKS.labels("rerank_to_score_order").inc()
+            degraded, slate = True, np.argsort(-scores, kind="stable")[: req.k].tolist()
+        if degraded:
+            metrics.DEGRADED.inc()
+        items_out = [
+            RecommendedItem(
+                item_id=candidates.item_ids[i],
+                score=float(scores[i]),
+                title=candidates.titles[i],
+                domain=candidates.domains[i],
+                reasons=(_reasons(candidates, i, reasons_by_item) if req.explain else None),
+            )
+            for i in slate
+        ]
+        return RecommendResponse(
+            request_id=request_id,
+            user_id=req.user_id,
+            items=items_out,
+            model_version=model_version,
+            experiment=_assignment(experiment, variant),
+            degraded=degraded,
+        )
+
+
+def _assignment(experiment: Experiment | None, variant: Any) -> ExperimentAssignment | None:
+    return ExperimentAssignment(name=experiment.name, variant=variant.name) if experiment and variant else None
+
+
+def _subset(c: CandidateSet, keep: list[int]) -> CandidateSet:
+    return CandidateSet(
+        [c.item_ids[i] for i in keep],
+        [c.titles[i] for i in keep],
+        [c.domains[i] for i in keep],
+        [c.providers[i] for i in keep],
+        [c.categories[i] for i in keep],
+        c.vectors[keep],
+        c.features[keep],
+    )
+
+
+def _retrieval_score(c: CandidateSet) -> np.ndarray:
+    """Without the ranker: collaborative score first, content score next, popularity breaking ties."""
+    f = {name: c.features[:, n].astype(np.float64) for n, name in enumerate(CANDIDATE_FEATURES)}
+    return f["cf_score"] + 0.5 * f["content_score"] + 0.01 * f["log_popularity"]
+
+
+def _long_tail(c: CandidateSet) -> np.ndarray:
+    """Long tail among the candidates: below the median popularity of the catalog head retrieval returned."""
+    pop = c.features[:, CANDIDATE_FEATURES.index("log_popularity")]
+    return pop < (np.quantile(pop, 0.5) if len(pop) else 0)
+
+
+def _reasons(c: CandidateSet, i: int, explained: dict[str, list[str]]) -> list[str]:
+    f = dict(zip(CANDIDATE_FEATURES, c.features[i].tolist(), strict=True))
+    out = []
+    if f["from_cf"]:
+        out.append(f"similar to your taste (collaborative score {f['cf_score']:.3f})")
+    if f["from_content"]:
+        out.append(f"similar content to your recent items (content score {f['content_score']:.3f})")
+    if f["from_popular"]:
+        out.append("popular")
+    return out + [f"feature contribution: {e}" for e in explained.get(c.item_ids[i], [])]
+
+
+def run_with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
+    """Run ``fn`` in a helper thread and stop waiting after ``timeout_s`` (the thread finishes on its own)."""
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return executor.submit(fn).result(timeout=timeout_s)
+    finally:
+        executor.shutdown(wait=False)

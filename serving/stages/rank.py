@@ -1,0 +1,91 @@
+"""Rank stage: the promoted CatBoost ranker over the candidates, with the same feature frame as training.
+
+Training joins Feast's ``ranking_v1`` point-in-time (full names ``view__feature``) plus the retrieval scores; here the
+same columns come from the online lookup, and the two on-demand views are computed with the same functions Feast
+calls (recstack.features.transforms), so a feature means the same thing offline and online.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recstack.features import transforms
+from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
+
+
+@dataclass
+class RankContext:
+    when: datetime
+    device: str | None = None
+    locale: str | None = None
+
+
+def feature_frame(
+    user: dict[str, Any], items: dict[str, np.ndarray], candidates: CandidateSet, ctx: RankContext
+) -> pd.DataFrame:
+    """One row per candidate with every column the ranker may use (Feast full names + retrieval scores)."""
+    n = len(candidates)
+    frame = pd.DataFrame({name: column for name, column in items.items()})
+    frame = frame.reindex(range(n))
+    for name, value in user.items():
+        frame[name] = [value] * n if isinstance(value, list) else value
+    request = pd.DataFrame(
+        {
+            "hour_of_day": np.full(n, ctx.when.hour),
+            "day_of_week": np.full(n, ctx.when.weekday()),
+            "device": [ctx.device or "unknown"] * n,
+            "locale": [ctx.locale or "unknown"] * n,
+        }
+    )
+    for name, column in transforms.context_features(request).items():
+        frame[f"context_features__{name}"] = column.to_numpy()
+    crosses_in = pd.DataFrame(
+        {
+            "affinity_categories": [user.get("user_features__affinity_categories")] * n,
+            "affinity_shares": [user.get("user_features__affinity_shares")] * n,
+            "last_event_at": [user.get("user_features__last_event_at")] * n,
+            "categories": list(items.get("item_features__categories", np.full(n, None, dtype=object))),
+            "request_ts": np.full(n, int(ctx.when.timestamp())),
+        }
+    )
+    for name, column in transforms.user_item_crosses(crosses_in).items():
+        frame[f"user_item_features__{name}"] = column.to_numpy()
+    for position, name in enumerate(CANDIDATE_FEATURES):
+        frame[name] = candidates.features[:, position]
+    return frame
+
+
+def model_input(frame: pd.DataFrame, features: list[str], categorical: list[str]) -> pd.DataFrame:
+    """The model's columns in its order: categorical as strings ("missing" for nulls), the rest as float."""
+    out = {}
+    for column in features:
+        values = frame[column] if column in frame else pd.Series([None] * len(frame))
+        if column in categorical:
+            out[column] = values.fillna("missing").astype(str).to_numpy()
+        else:
+            out[column] = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+    return pd.DataFrame(out)
+
+
+def score(model: Any, frame: pd.DataFrame, features: list[str], categorical: list[str]) -> np.ndarray:
+    return np.asarray(model.predict(model_input(frame, features, categorical)), dtype=np.float64)
+
+
+def contributions(
+    model: Any, frame: pd.DataFrame, features: list[str], categorical: list[str], rows: list[int], top: int = 3
+) -> list[list[str]]:
+    """Top feature contributions (SHAP values) for the given rows, as 'feature +0.12' strings."""
+    from catboost import Pool
+
+    data = model_input(frame, features, categorical).iloc[rows]
+    shap = model.get_feature_importance(Pool(data, cat_features=categorical), type="ShapValues")
+    out = []
+    for row in shap:
+        order = np.argsort(-np.abs(row[:-1]))[:top]
+        out.append([f"{features[i]} {row[i]:+.3f}" for i in order])
+    return out

@@ -1,0 +1,254 @@
+"""The recommendation API over real HTTP: the Ray Serve deployment graph (Ingress -> Retriever -> FeatureLookup ->
+Ranker -> Reranker) on a local Ray, against the embedded Postgres (pgvector) and Redis with a trained model.
+
+Tests run in file order; the Redis outage test is last."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from recstack import stack
+from recstack.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api(trained_stack: Settings) -> Iterator[str]:
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"mode": "graph", "deadline_ms": 1000}), name="recstack", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    else:
+        pytest.fail("the Serve app never became ready")
+    try:
+        yield url
+    finally:
+        serve.shutdown()
+
+
+def recommend(url: str, user: str, k: int = 10, **extra: Any) -> dict[str, Any]:
+    response = requests.post(f"{url}/recommend", json={"user_id": user, "k": k, **extra}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def categories_of(settings: Settings, item_ids: list[str]) -> dict[str, list[str]]:
+    with psycopg.connect(stack.postgres_dsn(settings)) as conn:
+        rows = conn.execute("SELECT external_id, categories FROM items WHERE external_id = ANY(%s)", (item_ids,))
+        return {r[0]: list(r[1]) for r in rows}
+
+
+def feedback(url: str, event_id: str, user: str, item: str, kind: str) -> requests.Response:
+    body = {"event_id": event_id, "user_id": user, "item_id": item, "type": kind}
+    return requests.post(f"{url}/feedback", json=body, timeout=30)
+
+
+def test_endpoints_answer(api: str, trained_stack: Settings) -> None:
+    version = (trained_stack.home / "trained_version").read_text()
+    assert requests.get(f"{api}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{api}/readyz", timeout=10).json()
+    assert ready["ready"] and ready["checks"]["model"] == "loaded"
+    slate = recommend(api, "u0000007", k=10, explain=True)
+    assert len(slate["items"]) == 10 and not slate["degraded"] and slate["model_version"] == version
+    assert len({i["item_id"] for i in slate["items"]}) == 10
+    assert all(i["reasons"] and i["title"] for i in slate["items"])
+    first = slate["items"][0]["item_id"]
+    similar = requests.get(f"{api}/items/{first}/similar?k=5", timeout=10)
+    assert similar.status_code == 200 and 1 <= len(similar.json()["items"]) <= 5
+    assert first not in {i["item_id"] for i in similar.json()["items"]}
+    assert requests.get(f"{api}/items/no-such-item/similar", timeout=10).status_code == 404
+    metrics = requests.get(f"{api}/metrics", timeout=10).text
+    assert 'recstack_stage_seconds_count{stage="rank"}' in metrics or "recstack_request_seconds" in metrics
+    assert requests.get(f"{api}/docs", timeout=10).status_code == 200
+    assert "/recommend" in requests.get(f"{api}/openapi.json", timeout=10).json()["paths"]
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        time.sleep(0.5)
+        logged = conn.execute("SELECT item_ids FROM impressions WHERE request_id = %s", (slate["request_id"],))
+        assert logged.fetchone() == ([i["item_id"] for i in slate["items"]],)
+
+
+def test_likes_of_one_category_shift_the_next_slate(api: str, trained_stack: Settings) -> None:
+    user = "probe-likes"
+    before = recommend(api, user)["items"]
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        shown = {i["item_id"] for i in before}
+        category, liked = conn.execute(
+            "SELECT c, (array_agg(external_id ORDER BY item_id))[1:5] FROM items, unnest(categories) c "
+            "WHERE NOT external_id = ANY(%s) GROUP BY c HAVING count(*) >= 20 ORDER BY count(*) LIMIT 1",
+            (list(shown),),
+        ).fetchone()  # type: ignore[misc]
+    for n, item in enumerate(liked):
+        assert feedback(api, f"probe-like-{n}", user, item, "like").status_code == 200
+    after = recommend(api, user)["items"]
+    cats = categories_of(trained_stack, [i["item_id"] for i in before + after])
+    count_before = sum(category in cats[i["item_id"]] for i in before)
+    count_after = sum(category in cats[i["item_id"]] for i in after)
+    assert not {i["item_id"] for i in after} & set(liked)  # liked items are seen: not recommended again
+    assert count_after >= count_before + 3 and count_after >= 5, (category, count_before, count_after)
+
+
+def test_a_disliked_item_is_never_recommended_again(api: str) -> None:
+    user = "u0000011"
+    top = recommend(api, user)["items"][0]["item_id"]
+    assert feedback(api, "probe-dislike-1", user, top, "dislike").status_code == 200
+    for _ in range(3):
+        assert top not in {i["item_id"] for i in recommend(api, user, k=50)["items"]}
+
+
+def test_a_new_item_without_interactions_is_reachable_by_content(api: str, trained_stack: Settings) -> None:
+    from training.vectors import update_content_vectors
+
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        source, title = conn.execute("SELECT external_id, title FROM items ORDER BY item_id LIMIT 1").fetchone()  # type: ignore[misc]
+        conn.execute(
+            "INSERT INTO items (external_id, domain, title, categories, description, provider_id) "
+            "SELECT 'brand-new-item', domain, title, categories, description, provider_id FROM items "
+            "WHERE external_id = %s ON CONFLICT (external_id) DO NOTHING",
+            (source,),
+        )
+        conn.commit()
+        update_content_vectors(conn)
+        conn.commit()
+        assert conn.execute("SELECT cf IS NULL FROM item_vectors WHERE external_id = 'brand-new-item'").fetchone() == (
+            True,
+        )
+    similar = requests.get(f"{api}/items/{source}/similar?k=10", timeout=10).json()["items"]
+    assert "brand-new-item" in [i["item_id"] for i in similar]
+    # A user whose recent interest is the source item gets the new item among the candidates (content source).
+    user = "probe-cold-item"
+    assert feedback(api, "probe-cold-1", user, source, "like").status_code == 200
+    found = {i["item_id"] for i in recommend(api, user, k=100)["items"]}
+    assert "brand-new-item" in found, title
+
+
+def test_feedback_is_idempotent_1000_events_sent_3_times(api: str, trained_stack: Settings) -> None:
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        items = [r[0] for r in conn.execute("SELECT external_id FROM items ORDER BY item_id LIMIT 50")]
+    events = [
+        {"event_id": f"idem-{n}", "user_id": f"u{n % 40 + 1:07d}", "item_id": items[n % 50], "type": "click"}
+        for n in range(1000)
+    ]
+    statuses = []
+    for _ in range(3):
+        for start in range(0, 1000, 500):
+            response = requests.post(f"{api}/feedback/batch", json={"events": events[start : start + 500]}, timeout=120)
+            assert response.status_code == 200, response.text
+            statuses += [r["status"] for r in response.json()]
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        rows = conn.execute("SELECT count(*) FROM events WHERE event_id LIKE 'idem-%'").fetchone()
+    assert rows == (1000,)
+    assert statuses.count("created") == 1000 and statuses.count("duplicate") == 2000
+    changed = {**events[0], "type": "like"}
+    conflict = requests.post(f"{api}/feedback", json=changed, timeout=10)
+    assert conflict.status_code == 409 and conflict.json()["details"][0]["field"] == "event_id"
+
+
+BAD_K = [0, -1, 10**9, 10.5, "x", None]
+BAD_IDS = ["", "x" * 10_000, "a\x00b", "1; DROP TABLE events; --", "' OR '1'='1"]
+
+
+@pytest.mark.parametrize("k", BAD_K)
+def test_bad_k_is_a_4xx(api: str, k: Any) -> None:
+    response = requests.post(f"{api}/recommend", json={"user_id": "u0000001", "k": k}, timeout=10)
+    assert 400 <= response.status_code < 500 and response.json()["details"][0]["field"] == "k", response.text
+
+
+@pytest.mark.parametrize("user_id", BAD_IDS[:3])
+def test_bad_ids_are_a_4xx(api: str, user_id: str) -> None:
+    response = requests.post(f"{api}/recommend", json={"user_id": user_id}, timeout=10)
+    assert 400 <= response.status_code < 500 and response.json()["error"], response.text
+
+
+@pytest.mark.parametrize("item_id", BAD_IDS)
+def test_bad_feedback_ids_are_a_4xx_and_store_nothing(api: str, trained_stack: Settings, item_id: str) -> None:
+    body = {"event_id": "bad-input", "user_id": "u0000001", "item_id": item_id, "type": "like"}
+    response = requests.post(f"{api}/feedback", json=body, timeout=10)
+    assert 400 <= response.status_code < 500, response.text
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE event_id = 'bad-input'").fetchone() == (0,)
+        assert conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone() == (True,)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": "u0000001", "k": 5, "unknown_field": 1},
+        {"user_id": "u0000001", "filters": {"sql": "1=1"}},
+        {"user_id": None},
+        {},
+        [],
+        {"user_id": "u0000001", "context": {"device": "toaster"}},
+    ],
+)
+def test_malformed_bodies_are_a_4xx(api: str, body: Any) -> None:
+    response = requests.post(f"{api}/recommend", json=body, timeout=10)
+    assert 400 <= response.status_code < 500 and response.json()["error"], response.text
+
+
+def test_sql_fragments_in_filters_are_only_values(api: str) -> None:
+    body = {
+        "user_id": "u0000001",
+        "filters": {"categories": ["x') OR 1=1 --"], "providers": ["'; DROP TABLE items;--"]},
+    }
+    response = requests.post(f"{api}/recommend", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == [] and response.json()["degraded"] is False  # nothing matches those values
+    assert len(recommend(api, "u0000001")["items"]) == 10  # the catalog is intact
+
+
+def test_a_1mb_body_is_413_and_broken_json_is_422(api: str) -> None:
+    big = '{"user_id": "u0000001", "exclude_item_ids": ["' + "x" * 1_000_000 + '"]}'
+    response = requests.post(f"{api}/recommend", data=big, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 413 and response.json()["error"]
+    broken = requests.post(f"{api}/recommend", data="{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 422
+
+
+def _redis_pid(settings: Settings) -> int:
+    info = {i.name: i for i in stack.status(settings)}["redis"]
+    assert info.pid, "the embedded Redis is not running"
+    return int(info.pid)
+
+
+def test_redis_outage_degrades_then_recovers_without_restart(api: str, trained_stack: Settings) -> None:
+    assert not recommend(api, "u0000003")["degraded"]
+    os.kill(_redis_pid(trained_stack), signal.SIGTERM)
+    time.sleep(1.0)
+    try:
+        for _ in range(5):
+            started = time.perf_counter()
+            slate = recommend(api, "u0000003")
+            elapsed = time.perf_counter() - started
+            assert slate["degraded"] and len(slate["items"]) == 10
+            assert elapsed < 5 * 1.0 + trained_stack.connect_timeout_s, elapsed
+    finally:
+        stack.up(trained_stack)
+    deadline = time.monotonic() + 60
+    while recommend(api, "u0000003")["degraded"]:
+        assert time.monotonic() < deadline, "answers stayed degraded after Redis came back"
+        time.sleep(1)

@@ -1,0 +1,73 @@
+"""`recstack train` and `recstack evaluate`: thin commands over training.pipeline and training.evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from recstack.console import StageProgress, console, progress_bars
+from recstack.settings import get_settings
+
+
+def train(
+    trials: int = typer.Option(8, min=1, max=200, help="Ray Tune trials (CatBoostRanker configurations)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Tiny search (few iterations): checks the loop end to end."),
+    epochs: int = typer.Option(8, min=1, max=500, help="Embedding training epochs."),
+    ranker_users: int = typer.Option(2000, min=10, help="Users of the validation window in the ranker set."),
+    promote: bool = typer.Option(True, help="Promote the new model (serving loads the promoted one)."),
+    force: bool = typer.Option(False, "--force", help="Train even when the data validation gate fails."),
+    seed: int = typer.Option(42, help="Seed: the same data and seed give the same model."),
+) -> None:
+    """Train embeddings (pgvector) and a CatBoost ranker tuned by Ray Tune; register (and promote) the model."""
+    from training.pipeline import TrainConfig
+    from training.pipeline import train as run_train
+
+    config = TrainConfig(
+        trials=trials,
+        smoke=smoke,
+        epochs=epochs,
+        ranker_users=ranker_users,
+        promote=promote,
+        force=force,
+        seed=seed,
+    )
+    with progress_bars() as progress:
+        report = run_train(get_settings(), config, StageProgress(progress))
+    table = Table("stage", "seconds", title=f"trained {report.version}" + (" (promoted)" if promote else ""))
+    for name, seconds in report.timings.items():
+        table.add_row(name.removesuffix("_s"), f"{seconds:.1f}")
+    console.print(table)
+    console.print(
+        f"ranker set: {report.ranker_rows:,} rows, {report.ranker_groups:,} users; best of {len(report.trials)} "
+        f"trials: {json.dumps(report.best_config)}; valid NDCG@10 {report.valid_ndcg10:.4f}",
+        highlight=False,
+    )
+
+
+def evaluate(
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results JSON to this path."),
+    users: int = typer.Option(1000, min=1, help="Test-window users evaluated (seeded sample)."),
+    version: str | None = typer.Option(None, help="Model version (default: the promoted one)."),
+) -> None:
+    """Evaluate the model on the held-out test window against popularity, item-kNN, EASE and embeddings only."""
+    from training.evaluate import HEADLINE, EvalConfig, write_report
+    from training.evaluate import evaluate as run_evaluate
+
+    settings = get_settings()
+    with progress_bars() as progress:
+        result = run_evaluate(settings, EvalConfig(users=users, version=version), StageProgress(progress))
+    paths = write_report(result, settings.reports_dir / "evaluation" / result["model_version"])
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(json_path)
+    columns = HEADLINE[:5]
+    table = Table("method", *columns, "coverage@10", title=f"offline evaluation of {result['model_version']}")
+    for name, row in result["methods"].items():
+        table.add_row(name, *(f"{row[c]:.4f}" for c in columns), f"{row['coverage@10']:.3f}")
+    console.print(table)
+    console.print(f"report: {paths['markdown']}" + (f"; json: {json_path}" if json_path else ""), highlight=False)

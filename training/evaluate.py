@@ -1,0 +1,363 @@
+"""`recstack evaluate`: offline evaluation of the promoted model on the held-out test window.
+
+Protocol (the model's recorded data window):
+  * test window = [test_start, test_start + test_days); everything before test_start is history;
+  * evaluated users = users with at least one positive (grade > 0) event in the test window (a seeded sample of
+    ``users`` of them); relevance = their best grade per item in the window (graded NDCG gain 2^g - 1);
+  * every method ranks the full catalog for each user with the items the user touched before test_start excluded;
+  * methods: popularity (positive events in the 30 days before test_start), item-kNN and EASE (fit on everything
+    before test_start), embeddings only (the served collaborative vectors scored over the whole catalog), retrieval +
+    ranker (serving's candidate sources -> Feast point-in-time features -> the promoted CatBoost ranker), and the
+    same followed by the serving rerank (MMR diversity, provider cap, long-tail floor).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+
+from recstack import stack
+from recstack.settings import Settings
+from serving.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
+from serving.stages.retrieve import RetrievalParams
+from training import baselines, dataset, metrics, registry
+from training.interactions import Catalog, Interactions, load_catalog, load_interactions
+
+ProgressFn = Callable[[str, int, int], None]
+KS = (10, 20)
+POPULARITY_DAYS = 30
+
+
+@dataclass
+class EvalConfig:
+    users: int = 1000
+    seed: int = 7
+    version: str | None = None  # default: the promoted model
+    rerank: RerankParams = field(default_factory=RerankParams)
+
+
+@dataclass
+class TestSet:
+    users: np.ndarray
+    relevant: list[dict[int, int]]
+    hist: dataset.History
+    before: Interactions
+    first_ts: pd.Series
+
+    def exclude_mask(self, position: int, n_items: int) -> np.ndarray:
+        mask = np.zeros(n_items, bool)
+        mask[self.hist.seen(int(self.users[position]))] = True
+        return mask
+
+
+def build_test_set(
+    catalog: Catalog, events: Interactions, test_start: int, test_days: float, cfg: EvalConfig
+) -> TestSet:
+    before = events.take(events.ts < test_start)
+    window = events.take((events.ts >= test_start) & (events.ts < test_start + int(test_days * 86400)))
+    labels = dataset.window_labels(window)
+    positive = labels[labels["grade"] > 0]
+    users = np.unique(positive["user"].to_numpy())
+    if len(users) > cfg.users:
+        users = np.sort(np.random.default_rng(cfg.seed).choice(users, cfg.users, replace=False))
+    by_user = positive[positive["user"].isin(users)].groupby("user")
+    relevant = [dict(zip(g["item"].tolist(), g["grade"].astype(int).tolist(), strict=True)) for _, g in by_user]
+    hist = dataset.history(before, catalog.n_users)
+    return TestSet(users, relevant, hist, before, dataset.first_event_ts(window))
+
+
+def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+    masked = np.where(exclude, -np.inf, scores.astype(np.float64))
+    part = np.argpartition(-masked, k - 1)[:k]
+    return part[np.argsort(-masked[part], kind="stable")]
+
+
+def score_slates(test: TestSet, n_items: int, score: Callable[[int], np.ndarray], k: int) -> list[np.ndarray]:
+    return [top_k(score(int(u)), test.exclude_mask(i, n_items), k) for i, u in enumerate(test.users)]
+
+
+def recent_popularity(before: Interactions, n_items: int, test_start: int) -> np.ndarray:
+    recent = before.take((before.ts >= test_start - POPULARITY_DAYS * 86400) & (before.grades() > 0))
+    return np.bincount(recent.item, minlength=n_items).astype(np.float64)
+
+
+def ranked_candidates(
+    settings: Settings,
+    record: registry.ModelRecord,
+    catalog: Catalog,
+    test: TestSet,
+    retrieval: dataset.Retrieval,
+    progress: Callable[[int, int], None] | None,
+) -> pd.DataFrame:
+    """Serving's candidates for each test user, scored by the ranker on Feast point-in-time features."""
+    from recstack.features.store import open_store
+    from training.pipeline import prepare_features
+
+    params = RetrievalParams(**record.params.get("retrieval", {}))
+    frame = dataset.candidate_frame(test.users, test.hist, retrieval, params, catalog.n_items)
+    frame = dataset.join_features(open_store(settings), frame, catalog, test.first_ts, progress=progress)
+    model = registry.load_verified(record)
+    categorical = record.params.get("categorical", [])
+    frame["score"] = model.predict(prepare_features(frame, record.features, categorical))
+    return frame
+
+
+def ranker_slates(frame: pd.DataFrame, users: np.ndarray, k: int) -> list[np.ndarray]:
+    ordered = frame.sort_values(["user", "score"], ascending=[True, False], kind="stable")
+    grouped = {u: g["item"].to_numpy()[:k] for u, g in ordered.groupby("user", sort=False)}
+    return [grouped.get(int(u), np.empty(0, np.int64)) for u in users]
+
+
+def reranked_slates(
+    frame: pd.DataFrame,
+    users: np.ndarray,
+    catalog: Catalog,
+    item_cf: np.ndarray,
+    tail: np.ndarray,
+    k: int,
+    p: RerankParams,
+) -> list[np.ndarray]:
+    norms = np.linalg.norm(item_cf, axis=1, keepdims=True)
+    unit = np.divide(item_cf, norms, out=np.zeros_like(item_cf), where=norms > 0)
+    out = []
+    grouped = dict(tuple(frame.groupby("user", sort=False)))
+    for u in users:
+        g = grouped.get(int(u))
+        if g is None:
+            out.append(np.empty(0, np.int64))
+            continue
+        g = g.sort_values("score", ascending=False).head(100)  # rerank the ranker's top 100, as serving does
+        items = g["item"].to_numpy()
+        candidates = Candidates(
+            item_ids=[str(i) for i in items],
+            scores=g["score"].to_numpy(),
+            providers=[str(catalog.item_provider[i]) for i in items],
+            long_tail=tail[items],
+            vectors=unit[items],
+        )
+        out.append(items[rerank(candidates, k, p)])
+    return out
+
+
+def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
+    from training.pipeline import retrieval_inputs_from_arrays
+    from training.vectors import load_cf_vectors, load_content_matrix
+
+    step = progress or (lambda stage, done, total: None)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with psycopg.connect(stack.postgres_dsn(settings)) as conn:
+        version = cfg.version or registry.promoted_version(conn)
+        if version is None:
+            raise registry.RegistryError("no promoted model: run `recstack train` first")
+        record = registry.get(conn, version)
+        vector_versions = [r[0] for r in conn.execute("SELECT DISTINCT model_version FROM user_vectors")]
+        if vector_versions != [version]:
+            raise registry.RegistryError(
+                f"the stored vectors come from {vector_versions or 'no model'}, not {version}: "
+                "evaluate that version or retrain (`recstack train`)"
+            )
+        catalog = load_catalog(conn)
+        events = load_interactions(conn, catalog)
+        user_cf, item_cf, trained, served_popularity = load_cf_vectors(conn, catalog)
+        content = load_content_matrix(conn, catalog)
+    window = record.data_window
+    test_start = int(datetime.fromisoformat(window["test_start"]).timestamp())
+    test = build_test_set(catalog, events, test_start, float(window.get("test_days", 7)), cfg)
+    if not len(test.users):
+        raise ValueError("no user has a positive event in the test window: nothing to evaluate")
+    timings["load_s"] = round(time.perf_counter() - started, 2)
+    n_items, kmax = catalog.n_items, max(KS)
+    kmax = min(kmax, n_items - 1)
+    popularity = recent_popularity(test.before, n_items, test_start)
+    all_popularity = np.bincount(test.before.item, minlength=n_items).astype(np.float64)
+
+    slates: dict[str, list[np.ndarray]] = {}
+    method_s: dict[str, float] = {}
+
+    def run(name: str, fn: Callable[[], list[np.ndarray]]) -> None:
+        t = time.perf_counter()
+        slates[name] = fn()
+        method_s[name] = round(time.perf_counter() - t, 2)
+        step("methods", len(slates), 6)
+
+    run("popularity", lambda: score_slates(test, n_items, lambda u: popularity, kmax))
+    x = baselines.user_item_matrix(test.before, catalog.n_users, n_items)
+    knn = baselines.item_knn(x)
+    run("item_knn", lambda: score_slates(test, n_items, knn.scores, kmax))
+    ease = baselines.ease(x)
+    run("ease", lambda: score_slates(test, n_items, ease.scores, kmax))
+    retrieval = retrieval_inputs_from_arrays(user_cf, item_cf, trained, content, served_popularity)
+
+    def embedding_scores(u: int) -> np.ndarray:
+        query, _ = dataset.user_queries(u, test.hist, retrieval)
+        return retrieval.item_cf @ query if query is not None else popularity
+
+    run("embeddings", lambda: score_slates(test, n_items, embedding_scores, kmax))
+    t = time.perf_counter()
+    frame = ranked_candidates(
+        settings, record, catalog, test, retrieval, lambda done, total: step("features", done, total)
+    )
+    timings["ranker_features_s"] = round(time.perf_counter() - t, 2)
+    run("retrieval_ranker", lambda: ranker_slates(frame, test.users, kmax))
+    tail = long_tail_mask(all_popularity)
+    run("retrieval_ranker_rerank", lambda: reranked_slates(frame, test.users, catalog, item_cf, tail, kmax, cfg.rerank))
+
+    results: dict[str, dict[str, float]] = {}
+    for name, method_slates in slates.items():
+        row: dict[str, float] = {}
+        for k in KS:
+            row.update(metrics.accuracy(method_slates, test.relevant, k))
+        row.update(
+            metrics.beyond_accuracy(
+                method_slates, 10, n_items, catalog.item_categories, all_popularity, catalog.item_provider
+            )
+        )
+        results[name] = row
+    timings["total_s"] = round(time.perf_counter() - started, 2)
+    return {
+        "model_version": version,
+        "protocol": {
+            "test_start": window["test_start"],
+            "test_days": window.get("test_days", 7),
+            "users_evaluated": len(test.users),
+            "catalog_items": int(n_items),
+            "seen_items_excluded": True,
+            "relevance": "best grade per item in the test window: 3 purchase/like/rating>=4, 2 click, 1 view",
+            "popularity_window_days": POPULARITY_DAYS,
+            "seed": cfg.seed,
+        },
+        "methods": results,
+        "method_seconds": method_s,
+        "timings": timings,
+        "provider_exposure": provider_exposure(slates, catalog, 10),
+    }
+
+
+def provider_exposure(slates: dict[str, list[np.ndarray]], catalog: Catalog, k: int) -> dict[str, Any]:
+    """Position-discounted exposure share per provider for each method, next to the provider's catalog share."""
+    names, index = np.unique(catalog.item_provider, return_inverse=True)
+    weights = 1.0 / np.log2(np.arange(2, k + 2))
+    out: dict[str, Any] = {"providers": names.tolist(), "catalog_share": (np.bincount(index) / len(index)).tolist()}
+    for method, method_slates in slates.items():
+        exposure = np.zeros(len(names))
+        for slate in method_slates:
+            np.add.at(exposure, index[slate[:k]], weights[: len(slate[:k])])
+        out[method] = (exposure / max(exposure.sum(), 1e-12)).tolist()
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+HEADLINE = ["ndcg@10", "recall@10", "precision@10", "mrr@10", "hitrate@10", "ndcg@20", "recall@20"]
+BEYOND = ["coverage@10", "diversity@10", "novelty@10", "popularity_bias@10", "provider_exposure_tvd@10"]
+
+
+def write_report(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """evaluation.json, evaluation.md and two PNG plots in ``out_dir`` (each written to a temp name, then renamed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "evaluation.json",
+        "markdown": out_dir / "evaluation.md",
+        "accuracy_png": out_dir / "accuracy.png",
+        "exposure_png": out_dir / "exposure.png",
+    }
+    _atomic_text(paths["json"], json.dumps(result, indent=2))
+    _plot_accuracy(result, paths["accuracy_png"])
+    _plot_exposure(result, paths["exposure_png"])
+    _atomic_text(paths["markdown"], markdown(result))
+    return paths
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    methods = result["methods"]
+    p = result["protocol"]
+    lines = [
+        f"# Offline evaluation of {result['model_version']}",
+        "",
+        f"Test window from {p['test_start']} ({p['test_days']} days), {p['users_evaluated']:,} users with a positive "
+        f"event in it, full ranking over {p['catalog_items']:,} items with each user's already-seen items excluded.",
+        f"Relevance: {p['relevance']}.",
+        "",
+        "## Accuracy",
+        "",
+        "| method | " + " | ".join(HEADLINE) + " |",
+        "|---|" + "---:|" * len(HEADLINE),
+    ]
+    lines += [f"| {m} | " + " | ".join(f"{row[c]:.4f}" for c in HEADLINE) + " |" for m, row in methods.items()]
+    lines += ["", "## Beyond accuracy (k = 10)", "", "| method | " + " | ".join(BEYOND) + " |"]
+    lines += ["|---|" + "---:|" * len(BEYOND)]
+    lines += [f"| {m} | " + " | ".join(f"{row[c]:.4f}" for c in BEYOND) + " |" for m, row in methods.items()]
+    ranker = methods.get("retrieval_ranker", {}).get("ndcg@10", 0.0)
+    lines += ["", "## Retrieval + ranker vs baselines (NDCG@10)", ""]
+    for base in ("popularity", "item_knn", "ease", "embeddings"):
+        ref = methods[base]["ndcg@10"]
+        ratio = f"{ranker / ref:.2f}x" if ref > 0 else "n/a"
+        lines.append(f"- vs {base}: {ranker:.4f} / {ref:.4f} = {ratio}")
+    lines += ["", "![accuracy](accuracy.png)", "", "![provider exposure](exposure.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot_accuracy(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(result["methods"])
+    columns = ["ndcg@10", "recall@10", "ndcg@20", "recall@20"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(columns)
+    for n, column in enumerate(columns):
+        values = [result["methods"][m][column] for m in methods]
+        ax.bar(np.arange(len(methods)) + n * width, values, width, label=column)
+    ax.set_xticks(np.arange(len(methods)) + 0.4 - width / 2, methods, rotation=20, ha="right")
+    ax.set_title(f"Accuracy on the test window ({result['protocol']['users_evaluated']} users)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _plot_exposure(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    exposure = result["provider_exposure"]
+    catalog_share = np.array(exposure["catalog_share"])
+    order = np.argsort(-catalog_share)[:15]
+    labels = [exposure["providers"][i] for i in order]
+    series = {"catalog share": catalog_share[order]}
+    for method in ("popularity", "retrieval_ranker", "retrieval_ranker_rerank"):
+        if method in exposure:
+            series[method] = np.array(exposure[method])[order]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(series)
+    for n, (name, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(order)) + n * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(order)) + 0.4 - width / 2, labels, rotation=45, ha="right")
+    ax.set_title("Provider exposure share at k=10 vs catalog share (15 largest providers)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
