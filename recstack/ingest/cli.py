@@ -52,12 +52,21 @@ def synthetic(
     items: int = typer.Option(5_000, min=10, max=1_000_000, help="Number of items."),
     events: int = typer.Option(1_000_000, min=1, max=100_000_000, help="Number of events."),
     seed: int = typer.Option(42, help="Random seed: the same seed gives the same data."),
+    start: str | None = typer.Option(
+        None, help="First day of the 180-day event window, YYYY-MM-DD (default 2026-01-01)."
+    ),
 ) -> None:
     """Generate multi-domain users, items and events with planted taste structure, and load them."""
+    from datetime import UTC, datetime
+
     from recstack.ingest.synthetic import generate
 
+    try:
+        first = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC) if start else None
+    except ValueError:
+        raise typer.BadParameter(f"{start!r} is not a date like 2026-01-01", param_hint="--start") from None
     with console.status(f"generating {users:,} users / {items:,} items / {events:,} events (seed {seed})"):
-        batch = generate(users=users, items=items, events=events, seed=seed)
+        batch = generate(users=users, items=items, events=events, seed=seed, start=first)
     run_load(batch, f"synthetic(seed={seed})")
 
 

@@ -1,0 +1,147 @@
+"""Latency of POST /recommend (4 real stages: pgvector retrieval of ~300 candidates -> Feast online features ->
+CatBoost ranking -> rerank, k=10) at constant request rates, in both Serve shapes, plus the in-process floor.
+
+Needs a stack with data, features materialized and a promoted model (`recstack demo --no-serve`, or the README's
+scale steps). Usage (with the stack's RECSTACK_* environment):
+
+    python -m bench.bench_serving [--rates 25 50 100] [--seconds 20] [--modes fused graph]
+
+Open-loop load: requests start on a fixed schedule whatever the answers do (no coordinated omission), from one
+asyncio client in this process. Writes bench/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import free_port, percentiles_ms, report
+from recstack import stack
+from recstack.settings import get_settings
+
+RESULTS = Path(__file__).with_name("results") / "serving.json"
+
+
+def sample_users(n: int) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(stack.postgres_dsn(get_settings())) as conn:
+        rows = conn.execute("SELECT external_id FROM users ORDER BY random() LIMIT %s", (n,)).fetchall()
+    return [r[0] for r in rows]
+
+
+async def constant_rate(url: str, users: list[str], rate: float, seconds: float) -> dict[str, object]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    degraded = 0
+    n = int(rate * seconds)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+
+        async def one(user: str) -> None:
+            nonlocal degraded
+            started = time.perf_counter()
+            async with session.post(f"{url}/recommend", json={"user_id": user, "k": 10}) as response:
+                body = await response.json()
+                latencies.append(time.perf_counter() - started)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                degraded += bool(body.get("degraded"))
+
+        tasks = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(random.choice(users))))
+        await asyncio.gather(*tasks)
+        achieved = n / (time.perf_counter() - t0)
+    return {
+        **percentiles_ms(latencies),
+        "requests": n,
+        "achieved_rps": round(achieved, 1),
+        "statuses": statuses,
+        "degraded": degraded,
+    }
+
+
+def in_process_p50(users: list[str], n: int = 300) -> dict[str, float]:
+    """The same stage classes called directly in one process (no HTTP, no Serve): the floor."""
+    from serving.app import AppConfig
+    from serving.schemas import RecommendRequest
+    from serving.service import FeatureLookup, Ranker, Recommender, Reranker, Retriever, in_process_callers
+
+    settings = get_settings()
+    recommender = Recommender(
+        in_process_callers(Retriever(settings), FeatureLookup(settings), Ranker(settings), Reranker()),
+        deadline_s=5.0,
+        rerank_params=AppConfig().rerank,
+    )
+
+    async def run() -> list[float]:
+        out = []
+        for i in range(n):
+            started = time.perf_counter()
+            await recommender.recommend(RecommendRequest(user_id=users[i % len(users)], k=10))
+            out.append(time.perf_counter() - started)
+        return out[20:]  # first calls warm caches
+
+    return percentiles_ms(asyncio.run(run()))
+
+
+def serve_mode(mode: str, port: int) -> str:
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"mode": mode}), name="recstack", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    import requests
+
+    for _ in range(120):
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return url
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{mode} app not ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[25, 50, 100])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--modes", nargs="+", default=["fused", "graph"])
+    args = parser.parse_args()
+    users = sample_users(2000)
+    figures: dict[str, object] = {"users_sampled": len(users), "in_process": in_process_p50(users)}
+    from ray import serve
+
+    for mode in args.modes:
+        url = serve_mode(mode, free_port())
+        asyncio.run(constant_rate(url, users, 10, 5))  # warm-up
+        best = None
+        for rate in args.rates:
+            result = asyncio.run(constant_rate(url, users, rate, args.seconds))
+            figures[f"{mode}@{rate:g}rps"] = result
+            if float(result["p99"]) < 100:  # type: ignore[arg-type]
+                best = rate
+        figures[f"{mode}_highest_rate_p99_under_100ms"] = best
+        serve.delete("recstack")
+        serve.shutdown()
+    report(figures, RESULTS)
+    print(f"figures in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
