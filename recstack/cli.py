@@ -18,6 +18,7 @@ from recstack.ingest.cli import ingest_app
 from recstack.ingest.records import SourceFormatError
 from recstack.settings import get_settings
 from serving.cli import serve
+from serving.experiments_cli import experiments_app
 from training.cli import evaluate, train
 from training.models_cli import models_app
 from training.registry import RegistryError
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
+app.add_typer(experiments_app, name="experiments")
 app.command()(validate)
 app.command()(materialize)
 app.command()(demo)

@@ -121,8 +121,9 @@ class FeedbackSink:
     def record(self, event: FeedbackEvent) -> FeedbackResult:
         from recstack.features.realtime import Feedback, push_state, store_event
 
+        context = {"request_id": event.request_id} if event.request_id else {}
         feedback = Feedback(
-            event.event_id, event.user_id, event.item_id, event.type, event.value, event.occurred_at, {}
+            event.event_id, event.user_id, event.item_id, event.type, event.value, event.occurred_at, context
         )
         with self.pool.connection() as conn:
             conn.autocommit = False

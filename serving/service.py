@@ -328,8 +328,6 @@ class Recommender:
             candidates = await self._stage(
                 "retrieve", self.callers.retrieve, req.user_id, filters, req.exclude_item_ids
             )
-            if not len(candidates):
-                raise LookupError("no candidates")
         except Exception as err:
             log.warning("retrieval failed (%s): serving popular items", err)
             metrics.FALLBACKS.labels("retrieve_to_popular").inc()

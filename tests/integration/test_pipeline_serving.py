@@ -22,6 +22,15 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.integration
 
 
+EXPERIMENT = {
+    "name": "rerank-diversity",
+    "variants": [
+        {"name": "control", "weight": 1},
+        {"name": "diverse", "weight": 1, "rerank": {"mmr_lambda": 0.5}},
+    ],
+}
+
+
 @pytest.fixture(scope="module")
 def api(trained_stack: Settings) -> Iterator[str]:
     import ray
@@ -33,7 +42,11 @@ def api(trained_stack: Settings) -> Iterator[str]:
         ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"mode": "graph", "deadline_ms": 1000}), name="recstack", route_prefix="/")
+    serve.run(
+        build_app({"mode": "graph", "deadline_ms": 1000, "experiments": [EXPERIMENT]}),
+        name="recstack",
+        route_prefix="/",
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -90,6 +103,37 @@ def test_endpoints_answer(api: str, trained_stack: Settings) -> None:
         time.sleep(0.5)
         logged = conn.execute("SELECT item_ids FROM impressions WHERE request_id = %s", (slate["request_id"],))
         assert logged.fetchone() == ([i["item_id"] for i in slate["items"]],)
+
+
+def test_experiment_assignment_is_stable_and_reported(api: str, trained_stack: Settings) -> None:
+    from serving.experiments import bucket
+
+    seen = {}
+    for n in range(40):
+        user = f"u{n + 1:07d}"
+        first, again = recommend(api, user, k=5), recommend(api, user, k=5)
+        assert first["experiment"] == again["experiment"]
+        expected = "control" if bucket(EXPERIMENT["name"], user) < 0.5 else "diverse"
+        assert first["experiment"] == {"name": EXPERIMENT["name"], "variant": expected}
+        seen[user] = first
+    for n, (user, slate) in enumerate(list(seen.items())[:10]):
+        body = {
+            "event_id": f"ab-{n}",
+            "user_id": user,
+            "item_id": slate["items"][0]["item_id"],
+            "type": "click",
+            "request_id": slate["request_id"],
+        }
+        assert requests.post(f"{api}/feedback", json=body, timeout=10).status_code == 200
+    time.sleep(0.5)
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        from serving.experiments import report_rows
+
+        rows = {r["variant"]: r for r in report_rows(conn)}
+    assert set(rows) == {"control", "diverse"}
+    assert sum(r["impressions"] for r in rows.values()) >= 80
+    clicked = sum(round(r["ctr"] * r["impressions"]) for r in rows.values())
+    assert clicked == 10 and all(r["ctr_ci95"][0] <= r["ctr"] <= r["ctr_ci95"][1] for r in rows.values())
 
 
 def test_likes_of_one_category_shift_the_next_slate(api: str, trained_stack: Settings) -> None:
