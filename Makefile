@@ -36,8 +36,8 @@ format: $(STAMP)  ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)  ## Benchmarks that print figures (ingest load time; see bench/)
-	$(BIN)/python bench/bench_ingest.py
+bench: $(STAMP)  ## All benchmarks at 100k users / 20k items / 5M events (`recstack bench --help` for other scales)
+	$(BIN)/recstack bench --users 100000 --items 20000 --events 5000000
 
 down: $(STAMP)  ## Stop the embedded servers
 	$(BIN)/recstack down

@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[25, 50, 100])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--modes", nargs="+", default=["fused", "graph"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     users = sample_users(2000)
     figures: dict[str, object] = {"users_sampled": len(users), "in_process": in_process_p50(users)}
@@ -139,8 +140,8 @@ def main() -> None:
         figures[f"{mode}_highest_rate_p99_under_100ms"] = best
         serve.delete("recstack")
         serve.shutdown()
-    report(figures, RESULTS)
-    print(f"figures in {RESULTS}")
+    report(figures, args.out)
+    print(f"figures in {args.out}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from recstack import stack
+from recstack.bench import bench
 from recstack.console import console, err_console
 from recstack.db import StoreUnreachable
 from recstack.demo import demo
@@ -41,6 +42,7 @@ app.command()(demo)
 app.command()(train)
 app.command()(evaluate)
 app.command()(serve)
+app.command()(bench)
 
 # Errors a user can act on: printed as one line, exit code 1, never a stack trace.
 USER_ERRORS = (

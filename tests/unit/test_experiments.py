@@ -37,3 +37,14 @@ def test_assignment_is_stable_across_processes() -> None:
 def test_duplicate_variant_names_are_refused() -> None:
     with pytest.raises(ValidationError, match="unique"):
         Experiment(name="x", variants=[Variant(name="a", weight=1), Variant(name="a", weight=1)])
+
+
+def test_wilson_interval_contains_the_rate_and_narrows_with_more_data() -> None:
+    from serving.experiments import wilson
+
+    lo_small, hi_small = wilson(5, 50)
+    lo_big, hi_big = wilson(500, 5000)
+    assert lo_small < 0.1 < hi_small and lo_big < 0.1 < hi_big
+    assert hi_big - lo_big < (hi_small - lo_small) / 3
+    assert wilson(0, 20)[0] == 0.0 and 0 < wilson(0, 20)[1] < 0.2
+    assert wilson(0, 0) == (0.0, 0.0)

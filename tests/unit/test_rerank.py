@@ -59,3 +59,13 @@ def test_category_similarity_is_used_without_vectors() -> None:
     cands.categories = [["a"], ["a"], ["a"], ["b"], ["c"], ["d"]]
     slate = rerank(cands, 3, RerankParams(mmr_lambda=0.3, max_provider_share=1.0, long_tail_min=0))
     assert len({cands.categories[i][0] for i in slate}) == 3
+
+
+def test_long_tail_is_everything_outside_the_head_holding_80_percent() -> None:
+    import numpy as np
+
+    from serving.stages.rerank import long_tail_mask
+
+    popularity = np.array([50.0, 30.0, 10.0, 5.0, 3.0, 2.0])
+    tail = long_tail_mask(popularity)
+    assert tail.tolist() == [False, False, True, True, True, True]
