@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import typer
@@ -102,6 +103,7 @@ def demo(
     seed: int = typer.Option(42, help="Random seed."),
     trials: int = typer.Option(4, min=1, max=200, help="Ray Tune trials when training."),
     serve_api: bool = typer.Option(True, "--serve/--no-serve", help="Start the API and run the feedback round."),
+    detach: bool = typer.Option(False, "--detach", help="Leave the API running in the background and return."),
 ) -> None:
     """The whole pipeline, reusing what earlier runs left: stack, synthetic data, validation, features, Feast
     apply + materialize, training, evaluation, then the API (left running) with a like-driven second slate."""
@@ -109,7 +111,7 @@ def demo(
     from recstack.features.build import build_features
     from recstack.features.materialize import materialize
     from recstack.ingest.cli import synthetic
-    from serving.cli import serve
+    from serving.cli import serve, stop_local_ray
     from training.cli import evaluate, train
     from validation.cli import validate
 
@@ -142,7 +144,7 @@ def demo(
         console.print("the promoted model is up to date: reusing it (`recstack train` retrains)")
     else:
         console.print(f"training: {reason}")
-        train(trials=trials, smoke=False, epochs=8, ranker_users=2000, promote=True, force=False, seed=seed)
+        train(trials=trials, smoke=False, epochs=6, ranker_users=1500, promote=True, force=False, seed=seed)
     console.rule("6. offline evaluation")
     evaluate(json_path=None, users=500, version=None)
     if not serve_api:
@@ -152,4 +154,14 @@ def demo(
     serve(detach=True, mode=None, host=None, port=None)
     url = f"http://{settings.serve_host}:{settings.serve_port}"
     _feedback_round(settings, url, f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}")
-    console.print(f"the API keeps running at {url} (docs {url}/docs); [bold]recstack down[/] stops everything")
+    console.print(f"API docs: {url}/docs   metrics: {url}/metrics   readiness: {url}/readyz")
+    if detach:
+        console.print("the API keeps running; [bold]recstack down[/] stops it and the servers")
+        return
+    console.print("serving until Ctrl-C (the embedded servers keep running; `recstack down` stops them)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop_local_ray(settings)
+        console.print("API stopped")

@@ -28,7 +28,7 @@ from recstack.settings import Settings
 from serving import metrics
 from serving.experiments import Experiment, assign
 from serving.schemas import ExperimentAssignment, RecommendedItem, RecommendRequest, RecommendResponse
-from serving.stages.rank import RankContext, contributions, feature_frame, score
+from serving.stages.rank import RankContext, contributions, model_matrix, score
 from serving.stages.rerank import Candidates, RerankParams, rerank
 from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet, Filters, RetrievalParams, retrieve
 
@@ -195,12 +195,12 @@ class Ranker:
         if found is None:
             raise RuntimeError("no promoted model")
         version, model, features, categorical = found
-        frame = feature_frame(user, items, candidates, ctx)
-        scores = score(model, frame, features, categorical)
+        matrix = model_matrix(user, items, candidates, ctx, features, categorical)
+        scores = score(model, matrix)
         explained: list[list[str]] = []
         if explain_top:
             best = np.argsort(-scores)[:explain_top].tolist()
-            explained = contributions(model, frame, features, categorical, best)
+            explained = contributions(model, matrix, features, categorical, best)
         return scores, version, explained
 
     def ready(self) -> bool:

@@ -72,18 +72,79 @@ def model_input(frame: pd.DataFrame, features: list[str], categorical: list[str]
     return pd.DataFrame(out)
 
 
-def score(model: Any, frame: pd.DataFrame, features: list[str], categorical: list[str]) -> np.ndarray:
-    return np.asarray(model.predict(model_input(frame, features, categorical)), dtype=np.float64)
+def _numeric(column: np.ndarray) -> np.ndarray:
+    if column.dtype != object:
+        return column.astype(np.float64)
+    return pd.to_numeric(pd.Series(column), errors="coerce").to_numpy(np.float64)
+
+
+def _categorical(column: np.ndarray) -> np.ndarray:
+    return np.array(["missing" if v is None or v != v else str(v) for v in column], dtype=object)
+
+
+def model_matrix(
+    user: dict[str, Any],
+    items: dict[str, np.ndarray],
+    candidates: CandidateSet,
+    ctx: RankContext,
+    features: list[str],
+    categorical: list[str],
+) -> pd.DataFrame:
+    """``model_input(feature_frame(...))`` without the intermediate frame: request-level values are computed once
+    and broadcast, item columns are used as they are (same values; tests/unit/test_rank.py checks the equality)."""
+    n = len(candidates)
+    request = pd.DataFrame(
+        {
+            "hour_of_day": [ctx.when.hour],
+            "day_of_week": [ctx.when.weekday()],
+            "device": [ctx.device or "unknown"],
+            "locale": [ctx.locale or "unknown"],
+        }
+    )
+    context = transforms.context_features(request).iloc[0]
+    crosses = None
+    if any(f.startswith("user_item_features__") for f in features):
+        crosses = transforms.user_item_crosses(
+            pd.DataFrame(
+                {
+                    "affinity_categories": [user.get("user_features__affinity_categories")] * n,
+                    "affinity_shares": [user.get("user_features__affinity_shares")] * n,
+                    "last_event_at": [user.get("user_features__last_event_at")] * n,
+                    "categories": list(items.get("item_features__categories", np.full(n, None, dtype=object))),
+                    "request_ts": np.full(n, int(ctx.when.timestamp())),
+                }
+            )
+        )
+    position = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
+    out: dict[str, np.ndarray] = {}
+    for name in features:
+        if name in position:
+            column = candidates.features[:, position[name]]
+        elif name.startswith("context_features__"):
+            value = context[name.removeprefix("context_features__")]
+            column = np.full(n, value, dtype=object if isinstance(value, str) else np.float64)
+        elif name.startswith("user_item_features__") and crosses is not None:
+            column = crosses[name.removeprefix("user_item_features__")].to_numpy()
+        elif name in items:
+            column = items[name]
+        else:
+            value = user.get(name)
+            column = np.full(n, np.nan if value is None and name not in categorical else value, dtype=object)
+        out[name] = _categorical(column) if name in categorical else _numeric(column)
+    return pd.DataFrame(out)
+
+
+def score(model: Any, matrix: pd.DataFrame) -> np.ndarray:
+    return np.asarray(model.predict(matrix), dtype=np.float64)
 
 
 def contributions(
-    model: Any, frame: pd.DataFrame, features: list[str], categorical: list[str], rows: list[int], top: int = 3
+    model: Any, matrix: pd.DataFrame, features: list[str], categorical: list[str], rows: list[int], top: int = 3
 ) -> list[list[str]]:
     """Top feature contributions (SHAP values) for the given rows, as 'feature +0.12' strings."""
     from catboost import Pool
 
-    data = model_input(frame, features, categorical).iloc[rows]
-    shap = model.get_feature_importance(Pool(data, cat_features=categorical), type="ShapValues")
+    shap = model.get_feature_importance(Pool(matrix.iloc[rows], cat_features=categorical), type="ShapValues")
     out = []
     for row in shap:
         order = np.argsort(-np.abs(row[:-1]))[:top]
