@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, candidates_offline, content_query, query_vector
+from training.batch import map_chunks, ray_is_up
 from training.interactions import Catalog, Interactions
 
 if TYPE_CHECKING:
@@ -148,17 +149,31 @@ def join_features(
             "event_timestamp": pd.to_datetime(frame["user"].map(when).to_numpy(), unit="s", utc=True),
         }
     )
-    parts = []
-    for start in range(0, len(labels), JOIN_CHUNK_ROWS):
-        parts.append(ranker_frame(store, labels.iloc[start : start + JOIN_CHUNK_ROWS], service=service))
-        if progress:
-            progress(min(start + JOIN_CHUNK_ROWS, len(labels)), len(labels))
-    joined = pd.concat(parts, ignore_index=True) if parts else ranker_frame(store, labels, service=service)
+    chunks = [(labels.iloc[s : s + JOIN_CHUNK_ROWS], service) for s in range(0, len(labels), JOIN_CHUNK_ROWS)]
+    if len(chunks) > 1 and ray_is_up():  # Ray tasks, each opening its own store: scales out on a cluster
+        rows = lambda done, total: progress(min(done * JOIN_CHUNK_ROWS, len(labels)), len(labels)) if progress else None  # noqa: E731
+        joined = pd.concat(map_chunks(_join_chunk, chunks, rows), ignore_index=True)
+    else:
+        parts = []
+        for n, (chunk, _) in enumerate(chunks):
+            parts.append(ranker_frame(store, chunk, service=service))
+            if progress:
+                progress(min((n + 1) * JOIN_CHUNK_ROWS, len(labels)), len(labels))
+        joined = pd.concat(parts, ignore_index=True) if parts else ranker_frame(store, labels, service=service)
     feature_columns = [c for c in joined.columns if "__" in c]
     out = frame.reset_index(drop=True).copy()
     for column in feature_columns:
         out[column] = joined[column].to_numpy()
     return out
+
+
+def _join_chunk(args: tuple[pd.DataFrame, str]) -> pd.DataFrame:
+    from recstack.features.store import open_store
+    from recstack.features.training_frames import ranker_frame
+    from recstack.settings import get_settings
+
+    labels, service = args
+    return ranker_frame(open_store(get_settings()), labels, service=service)
 
 
 def subsample_unlabelled(frame: pd.DataFrame, per_user: int, seed: int) -> pd.DataFrame:

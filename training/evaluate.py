@@ -30,6 +30,7 @@ from recstack.settings import Settings
 from serving.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
 from serving.stages.retrieve import RetrievalParams
 from training import baselines, dataset, metrics, registry
+from training.batch import ensure_ray
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions
 
 ProgressFn = Callable[[str, int, int], None]
@@ -204,6 +205,7 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
 
     run("embeddings", lambda: score_slates(test, n_items, embedding_scores, kmax))
     t = time.perf_counter()
+    ensure_ray()  # feature-join chunks as Ray tasks
     frame = ranked_candidates(
         settings, record, catalog, test, retrieval, lambda done, total: step("features", done, total)
     )

@@ -23,6 +23,7 @@ from recstack import stack
 from recstack.settings import Settings
 from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams
 from training import dataset, registry
+from training.batch import ensure_ray
 from training.embeddings import EmbeddingModel, train_embeddings
 from training.interactions import Catalog, Interactions, TimeSplit, load_catalog, load_interactions, time_split
 from training.ranker import RankerData, sort_by_group, train_ranker
@@ -157,6 +158,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         timings[name] = round(time.perf_counter() - started, 2)
 
     require_pass(settings, TRAIN_SUITES, force=config.force)
+    ensure_ray()  # Tune's trials and the feature-join chunks run as Ray tasks (a cluster with RAY_ADDRESS)
     dsn = stack.postgres_dsn(settings)
     with psycopg.connect(dsn) as conn:
         started = time.perf_counter()

@@ -136,6 +136,39 @@ def test_experiment_assignment_is_stable_and_reported(api: str, trained_stack: S
     assert clicked == 10 and all(r["ctr_ci95"][0] <= r["ctr"] <= r["ctr_ci95"][1] for r in rows.values())
 
 
+def test_promote_and_rollback_are_picked_up_without_restart(api: str, trained_stack: Settings) -> None:
+    from training import registry
+
+    trained = (trained_stack.home / "trained_version").read_text()
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        record = registry.get(conn, trained)
+        copy = registry.register(
+            conn,
+            trained_stack.models_dir,
+            registry.load_verified(record),
+            record.features,
+            record.params,
+            record.metrics,
+            record.data_window,
+        )
+        registry.promote(conn, copy.version)
+        conn.commit()
+
+    def served_version_becomes(version: str) -> None:
+        deadline = time.monotonic() + 30
+        while recommend(api, "u0000005", k=3)["model_version"] != version:
+            assert time.monotonic() < deadline, f"still not serving {version}"
+            time.sleep(1)
+
+    try:
+        served_version_becomes(copy.version)
+    finally:
+        with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+            assert registry.rollback(conn).version == trained
+            conn.commit()
+    served_version_becomes(trained)
+
+
 def test_likes_of_one_category_shift_the_next_slate(api: str, trained_stack: Settings) -> None:
     user = "probe-likes"
     before = recommend(api, user)["items"]
