@@ -22,6 +22,7 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.integration
 
 
+DEADLINE_MS = 3000  # per stage; generous so a busy CI machine is not mistaken for a failing stage
 EXPERIMENT = {
     "name": "rerank-diversity",
     "variants": [
@@ -43,12 +44,12 @@ def api(trained_stack: Settings) -> Iterator[str]:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
-        build_app({"mode": "graph", "deadline_ms": 1000, "experiments": [EXPERIMENT]}),
+        build_app({"mode": "graph", "deadline_ms": DEADLINE_MS, "experiments": [EXPERIMENT]}),
         name="recstack",
         route_prefix="/",
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
             if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
@@ -322,7 +323,7 @@ def test_redis_outage_degrades_then_recovers_without_restart(api: str, trained_s
             slate = recommend(api, "u0000003")
             elapsed = time.perf_counter() - started
             assert slate["degraded"] and len(slate["items"]) == 10
-            assert elapsed < 5 * 1.0 + trained_stack.connect_timeout_s, elapsed
+            assert elapsed < 4 * DEADLINE_MS / 1000 + trained_stack.connect_timeout_s, elapsed
     finally:
         stack.up(trained_stack)
     deadline = time.monotonic() + 60
