@@ -16,7 +16,7 @@ import pytest
 
 from recstack import stack
 from recstack.features import store as feast_store
-from recstack.features.build import build_features
+from recstack.features.build import build_features, build_realtime
 from recstack.features.materialize import materialize
 from recstack.features.realtime import Feedback, record_event
 from recstack.features.training_frames import ranker_frame
@@ -81,10 +81,17 @@ def test_build_is_incremental(featured: Settings) -> None:
             (last + timedelta(days=1),),
         )
         after = build_features(conn)
-        assert all(1 <= r.days <= 2 for r in after)  # only the new day (and the one before it) was rebuilt
-        assert after[0].rows_added == 1  # u0000001's snapshot for the new day
+        daily = [r for r in after if r.table in ("user_features", "item_features")]
+        assert len(daily) == 2 and all(1 <= r.days <= 2 for r in daily)  # only the new day (and the one before)
+        assert daily[0].rows_added == 1  # u0000001's snapshot for the new day
+        realtime = [r for r in after if r.table == "user_realtime"]
+        assert len(realtime) == 1  # the session table follows the events too
+        row = conn.execute("SELECT recent_item_ids[1] FROM user_realtime WHERE user_id = 'u0000001'").fetchone()
+        assert row == ("i0000001",)
         # Leave the data as materialized for the other tests.
         conn.execute("DELETE FROM events WHERE event_id = 'late-1'")
+        conn.execute("DELETE FROM user_realtime WHERE user_id = 'u0000001'")
+        build_realtime(conn)
         for table in ("user_features", "item_features"):
             conn.execute(f"DELETE FROM {table} WHERE event_timestamp > %s", (last + timedelta(days=1),))  # noqa: S608
 
