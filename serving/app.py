@@ -67,11 +67,13 @@ class AppConfig(BaseModel):
 class Backend:
     """Recommendation, similarity, feedback and readiness over stage callers (in-process or Serve handles)."""
 
-    def __init__(self, settings: Settings, config: AppConfig, callers: Callers, retriever: Any, ranker: Any) -> None:
+    def __init__(
+        self, settings: Settings, config: AppConfig, callers: Callers, retriever: Any, ranker: Any, lookup: Any
+    ) -> None:
         self.settings = settings
         deadline = (config.deadline_ms or settings.stage_deadline_ms) / 1000
         self.recommender = Recommender(callers, deadline, config.experiments, config.rerank)
-        self.retriever, self.ranker = retriever, ranker
+        self.retriever, self.ranker, self.lookup = retriever, ranker, lookup
         self._feedback: Any = None
 
     async def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
@@ -96,6 +98,13 @@ class Backend:
             checks["model"] = "loaded" if ok else "no promoted model"
         except Exception as err:
             checks["model"] = f"error: {err}"
+        for name, stage in (("retriever", self.retriever), ("feature_lookup", self.lookup)):
+            try:  # in graph mode: the stage's replica is up and has finished warming
+                call = stage.ready
+                ok = await (call.remote() if hasattr(call, "remote") else asyncio.to_thread(call))
+                checks[name] = "ok" if ok else "starting"
+            except Exception as err:
+                checks[name] = f"error: {err}"
         return checks
 
     def feedback_sink(self) -> Any:
@@ -248,7 +257,7 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
     async def readyz() -> JSONResponse:
         """Stores reachable and a model loaded (503 otherwise, with which check failed)."""
         checks = await backend.ready()
-        ok = checks.get("postgres") == "ok" and checks.get("redis") == "ok" and checks.get("model") == "loaded"
+        ok = checks.get("model") == "loaded" and all(v == "ok" for k, v in checks.items() if k != "model")
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
 
     @api.get("/metrics")
@@ -301,6 +310,9 @@ class RetrieverDeployment:
     def similar(self, *args: Any) -> Any:
         return self.stage.similar(*args)
 
+    def ready(self) -> bool:
+        return self.stage.ready()
+
 
 @serve.deployment(name="FeatureLookup", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class LookupDeployment:
@@ -310,6 +322,9 @@ class LookupDeployment:
     def lookup(self, *args: Any) -> Any:
         return self.stage.lookup(*args)
 
+    def ready(self) -> bool:
+        return True  # the constructor warmed the item cache
+
 
 @serve.deployment(name="Ranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class RankerDeployment:
@@ -318,6 +333,9 @@ class RankerDeployment:
 
     def rank(self, *args: Any) -> Any:
         return self.stage.rank(*args)
+
+    def explain(self, *args: Any) -> Any:
+        return self.stage.explain(*args)
 
     def ready(self) -> bool:
         return self.stage.ready()
@@ -340,7 +358,12 @@ def _handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> 
         return call
 
     return Callers(
-        via(retriever.retrieve), via(retriever.popular), via(lookup.lookup), via(ranker.rank), via(reranker.rerank)
+        via(retriever.retrieve),
+        via(retriever.popular),
+        via(lookup.lookup),
+        via(ranker.rank),
+        via(reranker.rerank),
+        via(ranker.explain),
     )
 
 
@@ -361,9 +384,9 @@ class Ingress:
             retriever, lookup, ranker, reranker = handles
             callers = _handle_callers(retriever, lookup, ranker, reranker)
         else:
-            retriever, ranker = Retriever(settings), Ranker(settings)
-            callers = in_process_callers(retriever, FeatureLookup(settings), ranker, Reranker())
-        self.api = create_api(Backend(settings, app_config, callers, retriever, ranker), settings)
+            retriever, ranker, lookup = Retriever(settings), Ranker(settings), FeatureLookup(settings)
+            callers = in_process_callers(retriever, lookup, ranker, Reranker())
+        self.api = create_api(Backend(settings, app_config, callers, retriever, ranker, lookup), settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.api
@@ -394,9 +417,9 @@ def create_local_api(settings: Settings | None = None, config: AppConfig | None 
     """The same API without Ray (one process): tests and the benchmark's in-process floor."""
     settings = settings or get_settings()
     config = config or AppConfig()
-    retriever, ranker = Retriever(settings), Ranker(settings)
-    callers = in_process_callers(retriever, FeatureLookup(settings), ranker, Reranker())
-    return create_api(Backend(settings, config, callers, retriever, ranker), settings)
+    retriever, ranker, lookup = Retriever(settings), Ranker(settings), FeatureLookup(settings)
+    callers = in_process_callers(retriever, lookup, ranker, Reranker())
+    return create_api(Backend(settings, config, callers, retriever, ranker, lookup), settings)
 
 
 # Serve applications for `serve build` / `serve run` (binding is declarative: no I/O, no settings read):

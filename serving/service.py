@@ -92,6 +92,10 @@ class Retriever:
         with self.pool.connection() as conn:
             return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen)
 
+    def ready(self) -> bool:
+        with self.pool.connection() as conn:
+            return conn.execute("SELECT count(*) > 0 FROM item_vectors").fetchone() == (True,)
+
     def popular(self, filters: Filters, exclude: list[str], n: int = 500) -> CandidateSet:
         """Popular items only (the retrieval fallback); same statement with the vector sources switched off."""
         params = RetrievalParams(cf=0, content=0, popular=n, recent=0)
@@ -136,6 +140,9 @@ class FeatureLookup:
             self.lookup_.load_items(ids)
         except Exception as err:
             log.warning("item feature cache not warmed (%s); it fills on demand", err)
+
+    def ready(self) -> bool:
+        return True
 
     def lookup(self, user_id: str, item_ids: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         found = self.lookup_.lookup(user_id, item_ids)
@@ -188,20 +195,30 @@ class Ranker:
         candidates: CandidateSet,
         ctx: RankContext,
         version: str | None = None,
-        explain_top: int = 0,
-    ) -> tuple[np.ndarray, str, list[list[str]]]:
-        """(scores, model version, top feature contributions of the ``explain_top`` best)."""
+    ) -> tuple[np.ndarray, str]:
+        """(score per candidate, model version)."""
         found = self.model(version)
         if found is None:
             raise RuntimeError("no promoted model")
         version, model, features, categorical = found
+        return score(model, model_matrix(user, items, candidates, ctx, features, categorical)), version
+
+    def explain(
+        self,
+        user: dict[str, Any],
+        items: dict[str, np.ndarray],
+        candidates: CandidateSet,
+        ctx: RankContext,
+        version: str,
+        rows: list[int],
+    ) -> list[list[str]]:
+        """Top feature contributions (SHAP) of the model for the given candidate rows (the slate)."""
+        found = self.model(version)
+        if found is None:
+            return [[] for _ in rows]
+        _, model, features, categorical = found
         matrix = model_matrix(user, items, candidates, ctx, features, categorical)
-        scores = score(model, matrix)
-        explained: list[list[str]] = []
-        if explain_top:
-            best = np.argsort(-scores)[:explain_top].tolist()
-            explained = contributions(model, matrix, features, categorical, best)
-        return scores, version, explained
+        return contributions(model, matrix, features, categorical, rows)
 
     def ready(self) -> bool:
         return self.model(None) is not None
@@ -245,6 +262,7 @@ class Callers:
     lookup: Caller
     rank: Caller
     rerank: Caller
+    explain: Caller
 
 
 def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Ranker, reranker: Reranker) -> Callers:
@@ -260,6 +278,7 @@ def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Rank
         threaded(lookup.lookup),
         threaded(ranker.rank),
         threaded(reranker.rerank),
+        threaded(ranker.explain),
     )
 
 
@@ -324,6 +343,8 @@ class Recommender:
         )
         degraded, reasons_by_item = False, {}
         model_version: str | None = None
+        user: dict[str, Any] = {}
+        items: dict[str, np.ndarray] = {}
         try:
             candidates = await self._stage(
                 "retrieve", self.callers.retrieve, req.user_id, filters, req.exclude_item_ids
@@ -350,13 +371,9 @@ class Recommender:
         if not degraded:
             try:
                 user, items = await self._stage("lookup", self.callers.lookup, req.user_id, candidates.item_ids)
-                explain = req.k if req.explain else 0
-                scores, model_version, explained = await self._stage(
-                    "rank", self.callers.rank, user, items, candidates, ctx, version, explain
+                scores, model_version = await self._stage(
+                    "rank", self.callers.rank, user, items, candidates, ctx, version
                 )
-                if explained:
-                    best = np.argsort(-scores)[: len(explained)]
-                    reasons_by_item = {candidates.item_ids[i]: e for i, e in zip(best, explained, strict=True)}
             except Exception as err:
                 log.warning("feature lookup or ranking failed (%s): retrieval order", err)
                 metrics.FALLBACKS.labels("rank_to_retrieval_order").inc()
@@ -368,6 +385,15 @@ class Recommender:
             log.warning("rerank failed (%s): score order", err)
             metrics.FALLBACKS.labels("rerank_to_score_order").inc()
             degraded, slate = True, np.argsort(-scores, kind="stable")[: req.k].tolist()
+        if req.explain and model_version is not None:
+            try:  # best effort: a slow or failing explanation never degrades the slate itself
+                explained = await self._stage(
+                    "explain", self.callers.explain, user, items, candidates, ctx, model_version, list(slate)
+                )
+                reasons_by_item = {candidates.item_ids[i]: e for i, e in zip(slate, explained, strict=True)}
+            except Exception as err:
+                log.warning("explanation failed (%s)", err)
+                metrics.FALLBACKS.labels("explain_skipped").inc()
         if degraded:
             metrics.DEGRADED.inc()
         items_out = [

@@ -59,6 +59,8 @@ def api(trained_stack: Settings) -> Iterator[str]:
         time.sleep(1)
     else:
         pytest.fail("the Serve app never became ready")
+    for user in ("u0000001", "u0000002"):  # warm every replica's connections and caches, as a readiness probe would
+        requests.post(f"{url}/recommend", json={"user_id": user, "k": 10, "explain": True}, timeout=60)
     try:
         yield url
     finally:
@@ -66,7 +68,7 @@ def api(trained_stack: Settings) -> Iterator[str]:
 
 
 def recommend(url: str, user: str, k: int = 10, **extra: Any) -> dict[str, Any]:
-    response = requests.post(f"{url}/recommend", json={"user_id": user, "k": k, **extra}, timeout=30)
+    response = requests.post(f"{url}/recommend", json={"user_id": user, "k": k, **extra}, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -156,7 +158,7 @@ def test_promote_and_rollback_are_picked_up_without_restart(api: str, trained_st
         conn.commit()
 
     def served_version_becomes(version: str) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while recommend(api, "u0000005", k=3)["model_version"] != version:
             assert time.monotonic() < deadline, f"still not serving {version}"
             time.sleep(1)
