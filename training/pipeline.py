@@ -76,9 +76,17 @@ def retrieval_inputs_from_arrays(
     )
 
 
+def _is_list_column(column: pd.Series) -> bool:
+    """Array-valued columns (category lists feeding the on-demand views) are inputs, not ranker features."""
+    values = column.dropna()
+    return bool(len(values)) and isinstance(values.iloc[0], (list, tuple, np.ndarray))
+
+
 def ranker_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(feature columns in model order, categorical ones): Feast's view__feature columns + retrieval scores."""
-    feast_columns = sorted(c for c in frame.columns if "__" in c and not c.startswith("user_realtime"))
+    feast_columns = sorted(
+        c for c in frame.columns if "__" in c and not c.startswith("user_realtime") and not _is_list_column(frame[c])
+    )
     features = [*feast_columns, *CANDIDATE_FEATURES]
     categorical = [c for c in features if frame[c].dtype == object]
     return features, categorical

@@ -78,8 +78,14 @@ def _numeric(column: np.ndarray) -> np.ndarray:
     return pd.to_numeric(pd.Series(column), errors="coerce").to_numpy(np.float64)
 
 
+def _as_category(value: Any) -> str:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return str(np.asarray(value))  # what pandas' astype(str) made of Feast's array values in training frames
+    return "missing" if value is None or value != value else str(value)
+
+
 def _categorical(column: np.ndarray) -> np.ndarray:
-    return np.array(["missing" if v is None or v != v else str(v) for v in column], dtype=object)
+    return np.array([_as_category(v) for v in column], dtype=object)
 
 
 def model_matrix(
@@ -129,7 +135,8 @@ def model_matrix(
             column = items[name]
         else:
             value = user.get(name)
-            column = np.full(n, np.nan if value is None and name not in categorical else value, dtype=object)
+            column = np.empty(n, dtype=object)
+            column[:] = [np.nan if value is None and name not in categorical else value] * n  # lists stay whole
         out[name] = _categorical(column) if name in categorical else _numeric(column)
     return pd.DataFrame(out)
 
