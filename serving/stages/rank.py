@@ -142,7 +142,8 @@ def model_matrix(
 
 
 def score(model: Any, matrix: pd.DataFrame) -> np.ndarray:
-    return np.asarray(model.predict(matrix), dtype=np.float64)
+    # One thread per call: requests already run concurrently, and CatBoost's default (all cores) oversubscribes.
+    return np.asarray(model.predict(matrix, thread_count=1), dtype=np.float64)
 
 
 def contributions(
