@@ -89,6 +89,8 @@ def serve(
     stack.check_redis(settings)
     host, port = host or settings.serve_host, port or settings.serve_port
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("RECSTACK_")}}
+    if ray.is_initialized():  # e.g. `recstack demo` ran training in this process: serve from a fresh connection
+        ray.shutdown()
     if detach:
         start_local_ray(settings)
         ray.init(address="auto", runtime_env=env, log_to_driver=False)
