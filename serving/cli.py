@@ -39,7 +39,10 @@ def start_local_ray(settings: Settings) -> None:
         "false",
         "--disable-usage-stats",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    # Feast points prometheus_client at a temp folder owned by (and deleted with) the importing process; the detached
+    # Ray must not inherit it, or its workers outlive the folder and fail when Feast or our metrics write to it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_MULTIPROC", "PROMETHEUS_MULTIPROCESS"))}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     if result.returncode != 0:
         raise stack.StackError(f"`ray start` failed: {result.stderr.strip().splitlines()[-1:]}")
     stack.record_extra(settings, "ray", {"started_by": "recstack serve", "at": time.time()})

@@ -168,6 +168,12 @@ def join_features(
 
 
 def _join_chunk(args: tuple[pd.DataFrame, str]) -> pd.DataFrame:
+    import os
+
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):  # a worker may outlive Feast's temp dir
+        if name in os.environ and not os.path.isdir(os.environ[name]):
+            os.environ.pop(name)
+
     from recstack.features.store import open_store
     from recstack.features.training_frames import ranker_frame
     from recstack.settings import get_settings
