@@ -21,17 +21,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from recstack import stack
 from recstack.console import console
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench(
@@ -47,8 +40,8 @@ def bench(
     env = {
         **os.environ,
         "RECSTACK_HOME": str(home),
-        "RECSTACK_POSTGRES_PORT": str(_free_port()),
-        "RECSTACK_REDIS_PORT": str(_free_port()),
+        "RECSTACK_POSTGRES_PORT": str(stack.free_port()),
+        "RECSTACK_REDIS_PORT": str(stack.free_port()),
     }
     env.pop("RECSTACK_POSTGRES_DSN", None)
     env.pop("RECSTACK_REDIS_URL", None)

@@ -414,6 +414,15 @@ def record_extra(settings: Settings, name: str, info: dict[str, object] | None) 
     _write_state(settings, state)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now (throwaway stacks in tests and benchmarks)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def client_env(settings: Settings) -> dict[str, str]:
     """Connection settings as environment variables, for ``feature_repo/feature_store.yaml`` (``${...}``)."""
     from psycopg.conninfo import conninfo_to_dict

@@ -188,6 +188,20 @@ class Ranker:
         model, features, categorical = self._models[version]
         return version, model, features, categorical
 
+    def _matrix(
+        self,
+        user: dict[str, Any],
+        items: dict[str, np.ndarray],
+        candidates: CandidateSet,
+        ctx: RankContext,
+        version: str | None,
+    ) -> tuple[str, Any, Any, list[str], list[str]]:
+        found = self.model(version)
+        if found is None:
+            raise RuntimeError("no promoted model")
+        version, model, features, categorical = found
+        return version, model, model_matrix(user, items, candidates, ctx, features, categorical), features, categorical
+
     def rank(
         self,
         user: dict[str, Any],
@@ -197,11 +211,8 @@ class Ranker:
         version: str | None = None,
     ) -> tuple[np.ndarray, str]:
         """(score per candidate, model version)."""
-        found = self.model(version)
-        if found is None:
-            raise RuntimeError("no promoted model")
-        version, model, features, categorical = found
-        return score(model, model_matrix(user, items, candidates, ctx, features, categorical)), version
+        version, model, matrix, _, _ = self._matrix(user, items, candidates, ctx, version)
+        return score(model, matrix), version
 
     def explain(
         self,
@@ -213,11 +224,7 @@ class Ranker:
         rows: list[int],
     ) -> list[list[str]]:
         """Top feature contributions (SHAP) of the model for the given candidate rows (the slate)."""
-        found = self.model(version)
-        if found is None:
-            return [[] for _ in rows]
-        _, model, features, categorical = found
-        matrix = model_matrix(user, items, candidates, ctx, features, categorical)
+        _, model, matrix, features, categorical = self._matrix(user, items, candidates, ctx, version)
         return contributions(model, matrix, features, categorical, rows)
 
     def ready(self) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +10,7 @@ import pytest
 
 from recstack import stack
 from recstack.settings import Settings, get_settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from recstack.stack import free_port
 
 
 @pytest.fixture(scope="session")
@@ -60,32 +54,38 @@ def clean_db(stack_settings: Settings) -> Settings:
     return stack_settings
 
 
-@pytest.fixture(scope="session")
-def trained_stack(stack_settings: Settings) -> Settings:
-    """Tiny synthetic data taken through the whole pipeline: features built, Feast applied and materialized,
-    embeddings + ranker trained (smoke search) and promoted. Shared by the training, serving and demo tests."""
+def load_featured(settings: Settings, batch: object) -> None:
+    """Empty every data table, load ``batch``, build features, apply the Feast repo from scratch and materialize."""
     import psycopg
 
     from recstack.features import store as feast_store
     from recstack.features.build import build_features
     from recstack.features.materialize import materialize
     from recstack.ingest.loader import load_batch
-    from recstack.ingest.synthetic import generate
-    from training.pipeline import TrainConfig, train
 
-    dsn = stack.postgres_dsn(stack_settings)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(stack.postgres_dsn(settings), autocommit=True) as conn:
         conn.execute(
             "TRUNCATE events, items, users, user_features, item_features, feature_watermarks, user_realtime, "
             "item_vectors, user_vectors, impressions RESTART IDENTITY CASCADE"
         )
-        load_batch(conn, generate(users=600, items=300, events=40_000, seed=11), "synthetic")
+        load_batch(conn, batch, "synthetic")  # type: ignore[arg-type]
         build_features(conn)
-    stack_settings.feast_registry.unlink(missing_ok=True)
-    with stack.redis_client(stack_settings) as client:
+    settings.feast_registry.unlink(missing_ok=True)
+    with stack.redis_client(settings) as client:
         client.flushdb()
-    feast_store.apply(stack_settings)
-    materialize(stack_settings)
+    feast_store.apply(settings)
+    materialize(settings)
+
+
+@pytest.fixture(scope="session")
+def trained_stack(stack_settings: Settings) -> Settings:
+    """Tiny synthetic data taken through the whole pipeline: features built, Feast applied and materialized,
+    embeddings + ranker trained (smoke search) and promoted. Shared by the training, serving and demo tests."""
+
+    from recstack.ingest.synthetic import generate
+    from training.pipeline import TrainConfig, train
+
+    load_featured(stack_settings, generate(users=600, items=300, events=40_000, seed=11))
     report = train(stack_settings, TrainConfig(trials=2, smoke=True, epochs=4, ranker_users=300, seed=3))
     stack_settings.home.joinpath("trained_version").write_text(report.version)
     return stack_settings

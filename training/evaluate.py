@@ -101,14 +101,14 @@ def ranked_candidates(
 ) -> pd.DataFrame:
     """Serving's candidates for each test user, scored by the ranker on Feast point-in-time features."""
     from recstack.features.store import open_store
-    from training.pipeline import prepare_features
+    from serving.stages.rank import model_input
 
     params = RetrievalParams(**record.params.get("retrieval", {}))
     frame = dataset.candidate_frame(test.users, test.hist, retrieval, params, catalog.n_items)
     frame = dataset.join_features(open_store(settings), frame, catalog, test.first_ts, progress=progress)
     model = registry.load_verified(record)
     categorical = record.params.get("categorical", [])
-    frame["score"] = model.predict(prepare_features(frame, record.features, categorical))
+    frame["score"] = model.predict(model_input(frame, record.features, categorical))
     return frame
 
 
@@ -314,6 +314,18 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save_figure(fig: Any, ax: Any, path: Path) -> None:
+    """Legend, layout, then PNG written to a temp name and renamed (a reader never sees half a file)."""
+    import matplotlib.pyplot as plt
+
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def _plot_accuracy(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -329,12 +341,7 @@ def _plot_accuracy(result: dict[str, Any], path: Path) -> None:
         ax.bar(np.arange(len(methods)) + n * width, values, width, label=column)
     ax.set_xticks(np.arange(len(methods)) + 0.4 - width / 2, methods, rotation=20, ha="right")
     ax.set_title(f"Accuracy on the test window ({result['protocol']['users_evaluated']} users)")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, ax, path)
 
 
 def _plot_exposure(result: dict[str, Any], path: Path) -> None:
@@ -357,9 +364,4 @@ def _plot_exposure(result: dict[str, Any], path: Path) -> None:
         ax.bar(np.arange(len(order)) + n * width, values, width, label=name)
     ax.set_xticks(np.arange(len(order)) + 0.4 - width / 2, labels, rotation=45, ha="right")
     ax.set_title("Provider exposure share at k=10 vs catalog share (15 largest providers)")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, ax, path)

@@ -21,6 +21,7 @@ import psycopg
 
 from recstack import stack
 from recstack.settings import Settings
+from serving.stages.rank import model_input
 from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams
 from training import dataset, registry
 from training.batch import ensure_ray
@@ -92,17 +93,6 @@ def ranker_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     return features, categorical
 
 
-def prepare_features(frame: pd.DataFrame, features: list[str], categorical: list[str]) -> pd.DataFrame:
-    """The model's input matrix: categorical as strings ("missing" for nulls), the rest as float."""
-    out = pd.DataFrame(index=frame.index)
-    for column in features:
-        if column in categorical:
-            out[column] = frame[column].fillna("missing").astype(str)
-        else:
-            out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    return out
-
-
 def build_ranker_set(
     store: Any,
     catalog: Catalog,
@@ -138,7 +128,7 @@ def split_groups(frame: pd.DataFrame, seed: int, fit_share: float = 0.8) -> tupl
 def to_ranker_data(frame: pd.DataFrame, features: list[str], categorical: list[str]) -> RankerData:
     ordered = sort_by_group(frame, "user")
     return RankerData(
-        features=prepare_features(ordered, features, categorical),
+        features=model_input(ordered, features, categorical),
         label=ordered["label"].to_numpy(np.float64),
         group=ordered["user"].to_numpy(np.int64),
         cat_features=categorical,

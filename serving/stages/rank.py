@@ -25,41 +25,6 @@ class RankContext:
     locale: str | None = None
 
 
-def feature_frame(
-    user: dict[str, Any], items: dict[str, np.ndarray], candidates: CandidateSet, ctx: RankContext
-) -> pd.DataFrame:
-    """One row per candidate with every column the ranker may use (Feast full names + retrieval scores)."""
-    n = len(candidates)
-    frame = pd.DataFrame({name: column for name, column in items.items()})
-    frame = frame.reindex(range(n))
-    for name, value in user.items():
-        frame[name] = [value] * n if isinstance(value, list) else value
-    request = pd.DataFrame(
-        {
-            "hour_of_day": np.full(n, ctx.when.hour),
-            "day_of_week": np.full(n, ctx.when.weekday()),
-            "device": [ctx.device or "unknown"] * n,
-            "locale": [ctx.locale or "unknown"] * n,
-        }
-    )
-    for name, column in transforms.context_features(request).items():
-        frame[f"context_features__{name}"] = column.to_numpy()
-    crosses_in = pd.DataFrame(
-        {
-            "affinity_categories": [user.get("user_features__affinity_categories")] * n,
-            "affinity_shares": [user.get("user_features__affinity_shares")] * n,
-            "last_event_at": [user.get("user_features__last_event_at")] * n,
-            "categories": list(items.get("item_features__categories", np.full(n, None, dtype=object))),
-            "request_ts": np.full(n, int(ctx.when.timestamp())),
-        }
-    )
-    for name, column in transforms.user_item_crosses(crosses_in).items():
-        frame[f"user_item_features__{name}"] = column.to_numpy()
-    for position, name in enumerate(CANDIDATE_FEATURES):
-        frame[name] = candidates.features[:, position]
-    return frame
-
-
 def model_input(frame: pd.DataFrame, features: list[str], categorical: list[str]) -> pd.DataFrame:
     """The model's columns in its order: categorical as strings ("missing" for nulls), the rest as float."""
     out = {}
@@ -96,8 +61,9 @@ def model_matrix(
     features: list[str],
     categorical: list[str],
 ) -> pd.DataFrame:
-    """``model_input(feature_frame(...))`` without the intermediate frame: request-level values are computed once
-    and broadcast, item columns are used as they are (same values; tests/unit/test_rank.py checks the equality)."""
+    """The ranker's input for one request, equal to ``model_input`` of the training layout (Feast's full-name frame;
+    tests/unit/test_rank.py builds that frame and checks the equality): request-level values are computed once and
+    broadcast, item columns are used as they are."""
     n = len(candidates)
     request = pd.DataFrame(
         {

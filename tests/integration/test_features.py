@@ -20,9 +20,9 @@ from recstack.features.build import build_features, build_realtime
 from recstack.features.materialize import materialize
 from recstack.features.realtime import Feedback, record_event
 from recstack.features.training_frames import ranker_frame
-from recstack.ingest.loader import load_batch
 from recstack.ingest.synthetic import generate
 from recstack.settings import Settings
+from tests.conftest import load_featured
 
 pytestmark = pytest.mark.integration
 
@@ -43,19 +43,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def featured(stack_settings: Settings) -> Settings:
     """Fresh small synthetic data with features built, the repo applied and materialized."""
-    dsn = stack.postgres_dsn(stack_settings)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE events, items, users, user_features, item_features, feature_watermarks, user_realtime "
-            "RESTART IDENTITY"
-        )
-        load_batch(conn, generate(users=300, items=150, events=15_000, seed=5), "synthetic")
-        build_features(conn)
-    stack_settings.feast_registry.unlink(missing_ok=True)
-    with stack.redis_client(stack_settings) as client:
-        client.flushdb()
-    feast_store.apply(stack_settings)
-    materialize(stack_settings)
+    load_featured(stack_settings, generate(users=300, items=150, events=15_000, seed=5))
     return stack_settings
 
 

@@ -1,15 +1,52 @@
-"""The serving feature matrix equals the training one: ``model_matrix`` (fast path) == ``model_input(feature_frame)``
+"""The serving feature matrix equals the training one: ``model_matrix`` (fast path) == ``model_input(training_layout)``
 (the frame laid out like Feast's training join), including missing values, categoricals and on-demand features."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from serving.stages.rank import RankContext, feature_frame, model_input, model_matrix
+from recstack.features import transforms
+from serving.stages.rank import RankContext, model_input, model_matrix
 from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
+
+
+def training_layout(
+    user: dict[str, Any], items: dict[str, np.ndarray], candidates: CandidateSet, ctx: RankContext
+) -> pd.DataFrame:
+    """The frame as training sees it (Feast's full-name columns, on-demand views computed row-wise), built naively."""
+    n = len(candidates)
+    frame = pd.DataFrame({name: column for name, column in items.items()})
+    frame = frame.reindex(range(n))
+    for name, value in user.items():
+        frame[name] = [value] * n if isinstance(value, list) else value
+    request = pd.DataFrame(
+        {
+            "hour_of_day": np.full(n, ctx.when.hour),
+            "day_of_week": np.full(n, ctx.when.weekday()),
+            "device": [ctx.device or "unknown"] * n,
+            "locale": [ctx.locale or "unknown"] * n,
+        }
+    )
+    for name, column in transforms.context_features(request).items():
+        frame[f"context_features__{name}"] = column.to_numpy()
+    crosses_in = pd.DataFrame(
+        {
+            "affinity_categories": [user.get("user_features__affinity_categories")] * n,
+            "affinity_shares": [user.get("user_features__affinity_shares")] * n,
+            "last_event_at": [user.get("user_features__last_event_at")] * n,
+            "categories": list(items.get("item_features__categories", np.full(n, None, dtype=object))),
+            "request_ts": np.full(n, int(ctx.when.timestamp())),
+        }
+    )
+    for name, column in transforms.user_item_crosses(crosses_in).items():
+        frame[f"user_item_features__{name}"] = column.to_numpy()
+    for position, name in enumerate(CANDIDATE_FEATURES):
+        frame[name] = candidates.features[:, position]
+    return frame
 
 
 def test_fast_matrix_equals_the_training_layout() -> None:
@@ -51,7 +88,7 @@ def test_fast_matrix_equals_the_training_layout() -> None:
     ]
     categorical = ["item_features__domain", "context_features__ctx_device"]
     ctx = RankContext(when=datetime(2026, 5, 2, 21, 30, tzinfo=UTC), device="tv")
-    expected = model_input(feature_frame(user, items, candidates, ctx), features, categorical)
+    expected = model_input(training_layout(user, items, candidates, ctx), features, categorical)
     fast = model_matrix(user, items, candidates, ctx, features, categorical)
     pd.testing.assert_frame_equal(expected, fast, check_dtype=False)
     assert fast["user_item_features__category_affinity"].tolist() == [0.7, 0.3, 0.0, 0.0, 0.7, 0.0]
