@@ -30,7 +30,14 @@ from serving.experiments import Experiment, assign
 from serving.schemas import ExperimentAssignment, RecommendedItem, RecommendRequest, RecommendResponse
 from serving.stages.rank import RankContext, contributions, model_matrix, score
 from serving.stages.rerank import Candidates, RerankParams, rerank
-from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet, Filters, RetrievalParams, retrieve
+from serving.stages.retrieve import (
+    CANDIDATE_FEATURES,
+    CandidateSet,
+    Filters,
+    RetrievalParams,
+    configure_connection,
+    retrieve,
+)
 
 log = logging.getLogger("recstack.serving")
 RERANK_POOL = 100  # the ranker's top-N handed to the rerank stage
@@ -39,7 +46,6 @@ MODEL_CHECK_S = 5
 
 
 def _pool(settings: Settings, size: int = 4):  # type: ignore[no-untyped-def]
-    from pgvector.psycopg import register_vector
     from psycopg_pool import ConnectionPool
 
     timeout = settings.connect_timeout_s
@@ -53,7 +59,7 @@ def _pool(settings: Settings, size: int = 4):  # type: ignore[no-untyped-def]
             "connect_timeout": max(1, int(timeout)),
             "options": f"-c statement_timeout={int(timeout * 1000)}",
         },
-        configure=register_vector,
+        configure=configure_connection,
         open=True,
     )
 
@@ -109,23 +115,21 @@ class Retriever:
             if row is None:
                 return None
             out: dict[str, dict[str, Any]] = {}
-            with conn.transaction():
-                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                for kind, vector, op in (("collaborative", row[0], "<#>"), ("content", row[1], "<=>")):
-                    if vector is None:
-                        continue
-                    column = "cf" if kind == "collaborative" else "content"
-                    sim = f"-(v.{column} {op} %(q)s)" if op == "<#>" else f"1 - (v.{column} {op} %(q)s)"
-                    rows = conn.execute(
-                        f"SELECT v.external_id, i.title, v.domain, {sim} FROM item_vectors v "  # noqa: S608
-                        f"JOIN items i ON i.item_id = v.item_id WHERE v.{column} IS NOT NULL "
-                        f"AND v.external_id <> %(id)s ORDER BY v.{column} {op} %(q)s LIMIT %(k)s",
-                        {"q": vector, "id": item_id, "k": k},
-                    ).fetchall()
-                    for ext, title, domain, similarity in rows:
-                        entry = out.setdefault(ext, {"item_id": ext, "title": title, "domain": domain, "score": 0.0})
-                        entry["score"] = max(entry["score"], float(similarity))
-                        entry.setdefault("reasons", []).append(f"{kind} similarity {float(similarity):.3f}")
+            for kind, vector, op in (("collaborative", row[0], "<#>"), ("content", row[1], "<=>")):
+                if vector is None:
+                    continue
+                column = "cf" if kind == "collaborative" else "content"
+                sim = f"-(v.{column} {op} %(q)s)" if op == "<#>" else f"1 - (v.{column} {op} %(q)s)"
+                rows = conn.execute(
+                    f"SELECT v.external_id, i.title, v.domain, {sim} FROM item_vectors v "  # noqa: S608
+                    f"JOIN items i ON i.item_id = v.item_id WHERE v.{column} IS NOT NULL "
+                    f"AND v.external_id <> %(id)s ORDER BY v.{column} {op} %(q)s LIMIT %(k)s",
+                    {"q": vector, "id": item_id, "k": k},
+                ).fetchall()
+                for ext, title, domain, similarity in rows:
+                    entry = out.setdefault(ext, {"item_id": ext, "title": title, "domain": domain, "score": 0.0})
+                    entry["score"] = max(entry["score"], float(similarity))
+                    entry.setdefault("reasons", []).append(f"{kind} similarity {float(similarity):.3f}")
         return sorted(out.values(), key=lambda e: -e["score"])[:k]
 
 

@@ -7,6 +7,7 @@ calls (recstack.features.transforms), so a feature means the same thing offline 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,15 +66,7 @@ def model_matrix(
     tests/unit/test_rank.py builds that frame and checks the equality): request-level values are computed once and
     broadcast, item columns are used as they are."""
     n = len(candidates)
-    request = pd.DataFrame(
-        {
-            "hour_of_day": [ctx.when.hour],
-            "day_of_week": [ctx.when.weekday()],
-            "device": [ctx.device or "unknown"],
-            "locale": [ctx.locale or "unknown"],
-        }
-    )
-    context = transforms.context_features(request).iloc[0]
+    context = _context(ctx.when.hour, ctx.when.weekday(), ctx.device or "unknown", ctx.locale or "unknown")
     crosses = None
     if any(f.startswith("user_item_features__") for f in features):
         crosses = transforms.user_item_crosses(
@@ -93,18 +86,33 @@ def model_matrix(
         if name in position:
             column = candidates.features[:, position[name]]
         elif name.startswith("context_features__"):
-            value = context[name.removeprefix("context_features__")]
-            column = np.full(n, value, dtype=object if isinstance(value, str) else np.float64)
+            out[name] = _broadcast(context[name.removeprefix("context_features__")], n, name in categorical)
+            continue
         elif name.startswith("user_item_features__") and crosses is not None:
             column = crosses[name.removeprefix("user_item_features__")].to_numpy()
         elif name in items:
             column = items[name]
         else:
-            value = user.get(name)
-            column = np.empty(n, dtype=object)
-            column[:] = [np.nan if value is None and name not in categorical else value] * n  # lists stay whole
+            out[name] = _broadcast(user.get(name), n, name in categorical)
+            continue
         out[name] = _categorical(column) if name in categorical else _numeric(column)
     return pd.DataFrame(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _context(hour: int, weekday: int, device: str, locale: str) -> dict[str, Any]:
+    """The context view's values for one request (Feast's on-demand function on a one-row frame), memoised: a
+    request's context takes few distinct values."""
+    request = pd.DataFrame({"hour_of_day": [hour], "day_of_week": [weekday], "device": [device], "locale": [locale]})
+    return transforms.context_features(request).iloc[0].to_dict()
+
+
+def _broadcast(value: Any, n: int, categorical: bool) -> np.ndarray:
+    """A request-level value as a column of ``n``, converted once the way a column of it would be."""
+    one = np.empty(1, dtype=object)
+    one[0] = value  # a list stays one element
+    converted = _categorical(one) if categorical else _numeric(one)
+    return np.full(n, converted[0], dtype=converted.dtype)
 
 
 def score(model: Any, matrix: pd.DataFrame) -> np.ndarray:

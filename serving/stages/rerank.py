@@ -83,13 +83,14 @@ def rerank(candidates: Candidates, k: int, params: RerankParams) -> list[int]:
     sim = _similarity(candidates) if params.mmr_lambda < 1.0 else np.zeros((n, n))
     cap = max(1, int(np.floor(params.max_provider_share * k)))
     chosen: list[int] = []
-    provider_count: dict[str, int] = {}
+    providers, provider_of = np.unique(np.asarray(candidates.providers, dtype=object), return_inverse=True)
+    provider_count = np.zeros(len(providers), dtype=np.int64)
     max_sim = np.full(n, 0.0)
     available = np.ones(n, dtype=bool)
     for slot in range(k):
         open_slots = k - slot
         tail_needed = params.long_tail_min - int(candidates.long_tail[chosen].sum()) if chosen else params.long_tail_min
-        allowed = available & np.array([provider_count.get(p, 0) < cap for p in candidates.providers])
+        allowed = available & (provider_count[provider_of] < cap)
         if tail_needed >= open_slots and (allowed & candidates.long_tail).any():
             allowed &= candidates.long_tail  # the remaining slots must go to the long tail
         if not allowed.any():
@@ -99,6 +100,6 @@ def rerank(candidates: Candidates, k: int, params: RerankParams) -> list[int]:
         best = int(np.argmax(mmr))
         chosen.append(best)
         available[best] = False
-        provider_count[candidates.providers[best]] = provider_count.get(candidates.providers[best], 0) + 1
+        provider_count[provider_of[best]] += 1
         max_sim = np.maximum(max_sim, sim[best])
     return chosen

@@ -147,8 +147,9 @@ def candidates_sql(
 ) -> tuple[sql.Composable, dict[str, object]]:
     """One statement: the three sources (HNSW for the two vector ones) and every candidate's scores.
 
-    Run inside a transaction with ``SET LOCAL hnsw.iterative_scan = relaxed_order`` so filtered HNSW scans keep
-    going until they fill their LIMIT (pgvector 0.8).
+    Run on a connection set up by ``configure_connection`` (``hnsw.iterative_scan = relaxed_order``, so filtered
+    HNSW scans keep going until they fill their LIMIT, pgvector 0.8). Titles come from a correlated subquery (an
+    index lookup per candidate): joining ``items`` made the planner hash-join a sequential scan of the catalog.
     """
     where, params = _filter_sql(filters, exclude)
     zero_cf = "array_fill(0, ARRAY[64])::vector"
@@ -181,15 +182,31 @@ def candidates_sql(
                   UNION ALL SELECT item_id, 'pop' FROM pop) s
             GROUP BY item_id
         )
-        SELECT v.external_id, i.title, v.domain, v.provider_id, v.categories, v.cf,
+        SELECT v.external_id, (SELECT i.title FROM items i WHERE i.item_id = f.item_id), v.domain, v.provider_id,
+               v.categories, v.cf,
                coalesce(-(v.cf <#> %(q)s::vector), 0) AS cf_score,
                coalesce(1 - (v.content <=> %(c)s::vector), 0) AS content_score,
                ln(1 + v.popularity) AS log_popularity,
                f.from_cf, f.from_ct, f.from_pop
-        FROM found f JOIN item_vectors v ON v.item_id = f.item_id JOIN items i ON i.item_id = v.item_id
+        FROM found f JOIN item_vectors v ON v.item_id = f.item_id
         """
     ).format(where=where, zero_cf=sql.SQL(zero_cf), zero_ct=sql.SQL(zero_ct))
     return statement, params
+
+
+HNSW_SETTINGS = {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search": "200"}
+
+
+def configure_connection(conn) -> None:  # type: ignore[no-untyped-def]
+    """Per-connection setup the retrieval statements rely on: pgvector types, and HNSW scans that keep going until
+    a filtered query fills its LIMIT (set once per session, not per query: two round trips fewer per request)."""
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    for name, value in HNSW_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    if not conn.autocommit:
+        conn.commit()
 
 
 # -- online: the user's state, then the candidate statement --------------------------------------------------------
@@ -258,16 +275,14 @@ def retrieve(
     params: RetrievalParams,
     exclude_seen: bool = True,
 ) -> CandidateSet:
-    """Serving's candidate generation for one user (the online twin of ``candidates_offline``)."""
+    """Serving's candidate generation for one user (the online twin of ``candidates_offline``); ``conn`` is set up
+    by ``configure_connection``."""
     state = user_state(conn, user_id, recent)
     query = query_vector(state.user_vector, state.recent_cf)
     content_q = content_query(state.recent_content)
     excluded = list(dict.fromkeys([*exclude, *(state.seen if exclude_seen else [])]))
     statement, args = candidates_sql(query, content_q, filters, excluded, params)
-    with conn.transaction():
-        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        conn.execute("SET LOCAL hnsw.ef_search = 200")
-        rows = conn.execute(statement, args).fetchall()
+    rows = conn.execute(statement, args, binary=True).fetchall()  # binary: vectors arrive as raw float32
     vectors = np.zeros((len(rows), 64), np.float32)
     for n, row in enumerate(rows):
         if row[5] is not None:
