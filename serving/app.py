@@ -125,6 +125,9 @@ class FeedbackSink:
 
         self.settings = settings
         self.pool = _pool(settings)
+        # Impressions are an analytics log: no WAL flush wait per response (a crash may lose the last few
+        # hundred milliseconds of them, never a feedback event, which goes through ``pool``).
+        self.impressions = _pool(settings, size=2, options="-c synchronous_commit=off")
         self.store = open_store(settings)
 
     def record(self, event: FeedbackEvent) -> FeedbackResult:
@@ -151,7 +154,7 @@ class FeedbackSink:
         return FeedbackResult(event_id=event.event_id, status=status)
 
     def log_impression(self, response: RecommendResponse) -> None:
-        with self.pool.connection() as conn:
+        with self.impressions.connection() as conn:
             conn.execute(
                 "INSERT INTO impressions (request_id, user_id, experiment, variant, model_version, item_ids, degraded) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
@@ -292,7 +295,10 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
 
 
 # -- Ray Serve --------------------------------------------------------------------------------------------------
-STAGE_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16}
+# Serve's per-request access log line costs CPU on every hop; /metrics counts requests per endpoint and status.
+# Turn it back on per deployment in the Serve config (logging_config.enable_access_log) when tracing by hand.
+LOGGING = {"enable_access_log": False}
+STAGE_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16, "logging_config": LOGGING}
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
 
 
@@ -370,6 +376,7 @@ def _handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> 
 @serve.deployment(
     name="Ingress",
     ray_actor_options={"num_cpus": 0.1},
+    logging_config=LOGGING,
     max_ongoing_requests=64,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
 )

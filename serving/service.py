@@ -45,7 +45,7 @@ POPULAR_REFRESH_S = 60
 MODEL_CHECK_S = 5
 
 
-def _pool(settings: Settings, size: int = 4):  # type: ignore[no-untyped-def]
+def _pool(settings: Settings, size: int = 4, options: str = ""):  # type: ignore[no-untyped-def]
     from psycopg_pool import ConnectionPool
 
     timeout = settings.connect_timeout_s
@@ -57,7 +57,7 @@ def _pool(settings: Settings, size: int = 4):  # type: ignore[no-untyped-def]
         kwargs={
             "autocommit": True,
             "connect_timeout": max(1, int(timeout)),
-            "options": f"-c statement_timeout={int(timeout * 1000)}",
+            "options": f"-c statement_timeout={int(timeout * 1000)} {options}".strip(),
         },
         configure=configure_connection,
         open=True,
