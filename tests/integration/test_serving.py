@@ -311,6 +311,30 @@ def test_a_1mb_body_is_413_and_broken_json_is_422(api: str) -> None:
     assert broken.status_code == 422
 
 
+def _replica(deployment: str) -> Any:
+    import ray
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("SERVE_REPLICA::") and f"#{deployment}#" in actor["name"]:
+            return ray.get_actor(actor["name"], namespace=actor["namespace"])
+    raise AssertionError(f"no live {deployment} replica")
+
+
+def test_a_dead_ranker_replica_does_not_stop_answers(api: str) -> None:
+    import ray
+
+    assert not recommend(api, "u0000004")["degraded"]
+    ray.kill(_replica("Ranker"), no_restart=True)  # Serve's controller notices and starts a new replica
+    deadline = time.monotonic() + 120
+    while True:
+        slate = recommend(api, "u0000004")  # asserts HTTP 200
+        assert len(slate["items"]) == 10
+        if not slate["degraded"]:
+            break  # the new replica is serving
+        assert time.monotonic() < deadline, "answers stayed degraded after the Ranker replica died"
+        time.sleep(0.5)
+
+
 def _redis_pid(settings: Settings) -> int:
     info = {i.name: i for i in stack.status(settings)}["redis"]
     assert info.pid, "the embedded Redis is not running"
