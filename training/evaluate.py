@@ -225,6 +225,12 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
             )
         )
         results[name] = row
+    ranker_ndcg = metrics.per_user(slates["retrieval_ranker"], test.relevant, 10)["ndcg"]
+    comparisons = {}
+    for base in ("popularity", "item_knn", "ease", "embeddings"):
+        base_ndcg = metrics.per_user(slates[base], test.relevant, 10)["ndcg"]
+        ratio, low, high = metrics.paired_bootstrap_ratio(ranker_ndcg, base_ndcg, seed=cfg.seed)
+        comparisons[base] = {"ndcg@10_ratio": round(ratio, 4), "ci95": [round(low, 4), round(high, 4)]}
     timings["total_s"] = round(time.perf_counter() - started, 2)
     return {
         "model_version": version,
@@ -242,6 +248,7 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
         "method_seconds": method_s,
         "timings": timings,
         "provider_exposure": provider_exposure(slates, catalog, 10),
+        "ranker_vs": comparisons,
     }
 
 
@@ -305,11 +312,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["|---|" + "---:|" * len(BEYOND)]
     lines += [f"| {m} | " + " | ".join(f"{row[c]:.4f}" for c in BEYOND) + " |" for m, row in methods.items()]
     ranker = methods.get("retrieval_ranker", {}).get("ndcg@10", 0.0)
-    lines += ["", "## Retrieval + ranker vs baselines (NDCG@10)", ""]
+    lines += ["", "## Retrieval + ranker vs baselines (NDCG@10; 95% interval: paired bootstrap over users)", ""]
     for base in ("popularity", "item_knn", "ease", "embeddings"):
         ref = methods[base]["ndcg@10"]
         ratio = f"{ranker / ref:.2f}x" if ref > 0 else "n/a"
-        lines.append(f"- vs {base}: {ranker:.4f} / {ref:.4f} = {ratio}")
+        low, high = result.get("ranker_vs", {}).get(base, {}).get("ci95", [float("nan")] * 2)
+        interval = f" (95% CI {low:.2f}x-{high:.2f}x)" if low == low else ""
+        lines.append(f"- vs {base}: {ranker:.4f} / {ref:.4f} = {ratio}{interval}")
     lines += ["", "![accuracy](accuracy.png)", "", "![provider exposure](exposure.png)", ""]
     return "\n".join(lines)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def accuracy(slates: list[np.ndarray], relevant: list[dict[int, int]], k: int) -> dict[str, float]:
-    """Recall, Precision, NDCG (graded gain 2^g - 1), MRR and HitRate at k, averaged over users."""
-    recall, precision, ndcg, mrr, hit = [], [], [], [], []
+def per_user(slates: list[np.ndarray], relevant: list[dict[int, int]], k: int) -> dict[str, np.ndarray]:
+    """Recall, Precision, NDCG (graded gain 2^g - 1), MRR and HitRate at k for each user with a relevant item."""
+    out: dict[str, list[float]] = {name: [] for name in ("recall", "precision", "ndcg", "mrr", "hitrate")}
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     for slate, rel in zip(slates, relevant, strict=True):
         if not rel:
@@ -19,20 +19,32 @@ def accuracy(slates: list[np.ndarray], relevant: list[dict[int, int]], k: int) -
         ideal = np.sort(np.array([2.0**g - 1 for g in rel.values()]))[::-1][:k]
         dcg = float((gains * discounts[: len(gains)]).sum())
         idcg = float((ideal * discounts[: len(ideal)]).sum())
-        recall.append(hits.sum() / len(rel))
-        precision.append(hits.sum() / k)
-        ndcg.append(dcg / idcg if idcg > 0 else 0.0)
+        out["recall"].append(hits.sum() / len(rel))
+        out["precision"].append(hits.sum() / k)
+        out["ndcg"].append(dcg / idcg if idcg > 0 else 0.0)
         first = np.flatnonzero(hits)
-        mrr.append(1.0 / (first[0] + 1) if len(first) else 0.0)
-        hit.append(float(hits.any()))
-    mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
-    return {
-        f"recall@{k}": mean(recall),
-        f"precision@{k}": mean(precision),
-        f"ndcg@{k}": mean(ndcg),
-        f"mrr@{k}": mean(mrr),
-        f"hitrate@{k}": mean(hit),
-    }
+        out["mrr"].append(1.0 / (first[0] + 1) if len(first) else 0.0)
+        out["hitrate"].append(float(hits.any()))
+    return {name: np.asarray(values, dtype=np.float64) for name, values in out.items()}
+
+
+def accuracy(slates: list[np.ndarray], relevant: list[dict[int, int]], k: int) -> dict[str, float]:
+    """The per-user metrics at k averaged over users."""
+    values = per_user(slates, relevant, k)
+    return {f"{name}@{k}": float(v.mean()) if len(v) else 0.0 for name, v in values.items()}
+
+
+def paired_bootstrap_ratio(
+    a: np.ndarray, b: np.ndarray, samples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """mean(a) / mean(b) for paired per-user values, with a 95% percentile interval from resampling users."""
+    if len(a) != len(b) or not len(a) or b.mean() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(a), size=(samples, len(a)))
+    ratios = a[rows].mean(1) / np.maximum(b[rows].mean(1), 1e-12)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(a.mean() / b.mean()), float(low), float(high)
 
 
 def gini(values: np.ndarray) -> float:
