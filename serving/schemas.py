@@ -48,6 +48,18 @@ class RecommendFilters(StrictModel):
     providers: list[ExternalId] | None = Field(default=None, max_length=20)
 
 
+class RerankOverrides(StrictModel):
+    """Per-request rerank knobs, within the same bounds as the serving config; unset fields keep the config's (or the
+    experiment variant's) values."""
+
+    mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0, description="1 = relevance only, 0 = diversity.")
+    max_provider_share: float | None = Field(default=None, gt=0.0, le=1.0, description="Cap on one provider's share.")
+    long_tail_min: int | None = Field(default=None, ge=0, le=10, description="Minimum long-tail items in the slate.")
+    boost: dict[ExternalId, Annotated[float, Field(ge=0.0, le=10.0)]] | None = Field(
+        default=None, max_length=50, description="item_id -> score multiplier (0 buries an item, 10 at most)."
+    )
+
+
 class RecommendRequest(StrictModel):
     user_id: ExternalId
     k: int = Field(default=10, ge=1, le=100)
@@ -56,6 +68,7 @@ class RecommendRequest(StrictModel):
     exclude_item_ids: list[ExternalId] = Field(default_factory=list, max_length=500)
     filters: RecommendFilters | None = None
     explain: bool = False
+    rerank: RerankOverrides | None = None
 
 
 class RecommendedItem(BaseModel):

@@ -27,7 +27,13 @@ from recstack import stack
 from recstack.settings import Settings
 from serving import metrics
 from serving.experiments import Experiment, assign
-from serving.schemas import ExperimentAssignment, RecommendedItem, RecommendRequest, RecommendResponse
+from serving.schemas import (
+    ExperimentAssignment,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    RerankOverrides,
+)
 from serving.stages.rank import RankContext, contributions, model_matrix, score
 from serving.stages.rerank import Candidates, RerankParams, rerank
 from serving.stages.retrieve import (
@@ -342,6 +348,8 @@ class Recommender:
             experiment = self.experiments[0]
             variant = assign(experiment, req.user_id)
             rerank_params, version = variant.rerank, variant.model_version
+        if req.rerank is not None:
+            rerank_params = _with_overrides(rerank_params, req.rerank)
         filters = Filters(
             domain=req.domain,
             categories=list(req.filters.categories or []) if req.filters else [],
@@ -429,6 +437,14 @@ class Recommender:
 
 def _assignment(experiment: Experiment | None, variant: Any) -> ExperimentAssignment | None:
     return ExperimentAssignment(name=experiment.name, variant=variant.name) if experiment and variant else None
+
+
+def _with_overrides(params: RerankParams, overrides: RerankOverrides) -> RerankParams:
+    """The request's rerank knobs on top of the configured ones; boosts add to (and win over) the config's."""
+    update = overrides.model_dump(exclude_none=True)
+    if "boost" in update:
+        update["boost"] = {**params.boost, **update["boost"]}
+    return params.model_copy(update=update)
 
 
 def _subset(c: CandidateSet, keep: list[int]) -> CandidateSet:

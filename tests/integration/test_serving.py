@@ -254,6 +254,14 @@ BAD_K = [0, -1, 10**9, 10.5, "x", None]
 BAD_IDS = ["", "x" * 10_000, "a\x00b", "1; DROP TABLE events; --", "' OR '1'='1"]
 
 
+@pytest.mark.parametrize(
+    "rerank", [{"mmr_lambda": 2}, {"max_provider_share": 0}, {"long_tail_min": -1}, {"boost": {"i": 1e9}}, {"x": 1}]
+)
+def test_rerank_overrides_out_of_bounds_are_a_422_naming_the_field(api: str, rerank: dict[str, Any]) -> None:
+    response = requests.post(f"{api}/recommend", json={"user_id": "u0000001", "rerank": rerank}, timeout=10)
+    assert response.status_code == 422 and response.json()["details"][0]["field"].startswith("rerank."), response.text
+
+
 @pytest.mark.parametrize("k", BAD_K)
 def test_bad_k_is_a_4xx(api: str, k: Any) -> None:
     response = requests.post(f"{api}/recommend", json={"user_id": "u0000001", "k": k}, timeout=10)

@@ -61,3 +61,30 @@ def test_disliked_item_scores_below_liked_ones() -> None:
         assert scores[6] < scores[:6].min(), user
     liker = model.item @ model.user[20]
     assert liker[6] > np.median(liker[7:])  # for the others, 6 stays among the liked
+
+
+def test_a_history_of_one_category_retrieves_mostly_that_category() -> None:
+    from serving.stages.retrieve import query_vector
+
+    rng = np.random.default_rng(4)
+    n_categories, per_category, n_users = 6, 40, 600
+    category = np.repeat(np.arange(n_categories), per_category)  # item -> category
+    users, items = [], []
+    for user in range(n_users):  # each user likes 20 items, 85% of them from one favourite category
+        favourite = user % n_categories
+        own = rng.choice(np.flatnonzero(category == favourite), 17, replace=False)
+        other = rng.choice(np.flatnonzero(category != favourite), 3, replace=False)
+        for item in [*own, *other]:
+            users.append(user)
+            items.append(int(item))
+    model = train_embeddings(
+        _events(users, items, ["like"] * len(users)), n_users, len(category), epochs=15, negatives=64, seed=2
+    )
+    for wanted in range(n_categories):
+        history = rng.choice(np.flatnonzero(category == wanted), 8, replace=False)
+        # A newcomer (no user vector) who liked 8 items of one category, queried the way serving queries.
+        query = query_vector(None, model.item[history])
+        scores = model.item @ query
+        scores[history] = -np.inf  # seen items are excluded
+        top = np.argsort(-scores)[:10]
+        assert (category[top] == wanted).sum() >= 8, (wanted, category[top])

@@ -69,3 +69,25 @@ def test_long_tail_is_everything_outside_the_head_holding_80_percent() -> None:
     popularity = np.array([50.0, 30.0, 10.0, 5.0, 3.0, 2.0])
     tail = long_tail_mask(popularity)
     assert tail.tolist() == [False, False, True, True, True, True]
+
+
+def test_request_overrides_apply_on_top_of_the_config_within_bounds() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from serving.schemas import RecommendRequest
+    from serving.service import _with_overrides
+
+    config = RerankParams(mmr_lambda=0.8, max_provider_share=0.4, long_tail_min=1, boost={"a": 2.0, "b": 3.0})
+    req = RecommendRequest.model_validate(
+        {"user_id": "u1", "rerank": {"mmr_lambda": 1.0, "boost": {"b": 0.0, "c": 5.0}}}
+    )
+    assert req.rerank is not None
+    merged = _with_overrides(config, req.rerank)
+    assert merged.mmr_lambda == 1.0 and merged.max_provider_share == 0.4 and merged.long_tail_min == 1
+    assert merged.boost == {"a": 2.0, "b": 0.0, "c": 5.0}
+    assert config.mmr_lambda == 0.8  # the configured params are not changed by a request
+    for bad in ({"mmr_lambda": 1.5}, {"max_provider_share": 0}, {"long_tail_min": 11}, {"boost": {"x": 11.0}}):
+        with pytest.raises(ValidationError) as err:
+            RecommendRequest.model_validate({"user_id": "u1", "rerank": bad})
+        assert err.value.errors()[0]["loc"][:2] == ("rerank", next(iter(bad)))
