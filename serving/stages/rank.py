@@ -69,16 +69,12 @@ def model_matrix(
     context = _context(ctx.when.hour, ctx.when.weekday(), ctx.device or "unknown", ctx.locale or "unknown")
     crosses = None
     if any(f.startswith("user_item_features__") for f in features):
-        crosses = transforms.user_item_crosses(
-            pd.DataFrame(
-                {
-                    "affinity_categories": [user.get("user_features__affinity_categories")] * n,
-                    "affinity_shares": [user.get("user_features__affinity_shares")] * n,
-                    "last_event_at": [user.get("user_features__last_event_at")] * n,
-                    "categories": list(items.get("item_features__categories", np.full(n, None, dtype=object))),
-                    "request_ts": np.full(n, int(ctx.when.timestamp())),
-                }
-            )
+        crosses = transforms.user_item_crosses_for_user(
+            user.get("user_features__affinity_categories"),
+            user.get("user_features__affinity_shares"),
+            user.get("user_features__last_event_at"),
+            list(items.get("item_features__categories", [None] * n)),
+            int(ctx.when.timestamp()),
         )
     position = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
     out: dict[str, np.ndarray] = {}
@@ -89,7 +85,7 @@ def model_matrix(
             out[name] = _broadcast(context[name.removeprefix("context_features__")], n, name in categorical)
             continue
         elif name.startswith("user_item_features__") and crosses is not None:
-            column = crosses[name.removeprefix("user_item_features__")].to_numpy()
+            column = crosses[name.removeprefix("user_item_features__")]
         elif name in items:
             column = items[name]
         else:

@@ -93,3 +93,33 @@ def test_fast_matrix_equals_the_training_layout() -> None:
     pd.testing.assert_frame_equal(expected, fast, check_dtype=False)
     assert fast["user_item_features__category_affinity"].tolist() == [0.7, 0.3, 0.0, 0.0, 0.7, 0.0]
     assert fast["item_features__domain"].tolist()[1] == "missing"
+
+
+def test_one_user_crosses_equal_the_frame_version_feast_runs() -> None:
+    from recstack.features import transforms
+
+    rng = np.random.default_rng(0)
+    pool = ["a", "b", "c", "d", "e"]
+    items = [None, [], *[list(rng.choice(pool, rng.integers(1, 4), replace=False)) for _ in range(30)]]
+    users = [
+        (["c", "a", "e"], [0.5, 0.3, 0.2], datetime(2026, 5, 1, 12, tzinfo=UTC)),
+        (["b"], [1.0], "2026-05-01T00:00:00"),  # naive: read as UTC, as the frame version does
+        (["a", "b"], [0.9], None),  # shares shorter than categories: the extra category is ignored
+        (None, None, None),  # a newcomer: nothing in the batch features yet
+    ]
+    request_ts = 1_780_000_000
+    for categories, shares, last in users:
+        n = len(items)
+        frame = pd.DataFrame(
+            {
+                "affinity_categories": [categories] * n,
+                "affinity_shares": [shares] * n,
+                "last_event_at": [last] * n,
+                "categories": items,
+                "request_ts": np.full(n, request_ts),
+            }
+        )
+        expected = transforms.user_item_crosses(frame)
+        fast = transforms.user_item_crosses_for_user(categories, shares, last, items, request_ts)
+        for name in transforms.CROSS_OUTPUTS:
+            np.testing.assert_array_equal(fast[name], expected[name].to_numpy(), err_msg=f"{name} for {categories}")
