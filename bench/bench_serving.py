@@ -95,15 +95,26 @@ def in_process_p50(users: list[str], n: int = 300) -> dict[str, float]:
 
 
 def serve_mode(mode: str, port: int) -> str:
+    """Start the app in ``mode`` (graph | fused), on a local Ray started with RAY_SERVE_THROUGHPUT_OPTIMIZED as
+    ``recstack serve`` would (or forced with a "-tp" / "-default" suffix, to compare both)."""
+    import os
+
     import ray
     from ray import serve
 
     from serving.app import build_app
+    from serving.cli import ray_serve_env
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    shape, _, variant = mode.partition("-")
+    env = ray_serve_env(get_settings())
+    if variant:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if variant == "tp" else "0"
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ.update(env)  # Serve reads it at import, in the Ray processes started below
+    ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"mode": mode}), name="recstack", route_prefix="/")
+    serve.run(build_app({"mode": shape}), name="recstack", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     import requests
 
@@ -121,7 +132,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[25, 50, 100])
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--modes", nargs="+", default=["fused", "graph"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fused", "graph"],
+        help='graph | fused, optionally with "-tp" or "-default" to force RAY_SERVE_THROUGHPUT_OPTIMIZED on or off',
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     users = sample_users(2000)
@@ -140,6 +156,9 @@ def main() -> None:
         figures[f"{mode}_highest_rate_p99_under_100ms"] = best
         serve.delete("recstack")
         serve.shutdown()
+        import ray
+
+        ray.shutdown()
     report(figures, args.out)
     print(f"figures in {args.out}")
 

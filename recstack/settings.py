@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         default="fused",
         description="graph: one Ray Serve deployment per stage; fused: all stages in one replica (fewer hops).",
     )
+    serve_throughput_optimized: bool = Field(
+        default=True,
+        description="Start Ray Serve with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (user code on the replica's own event loop, "
+        "gRPC from proxy to replicas, buffered request logs): fewer thread and loop hops per request.",
+    )
     api_key: str | None = Field(default=None, description="When set, every endpoint but health needs X-API-Key.")
     stage_deadline_ms: float = Field(default=150, gt=0, le=10_000, description="Per-stage deadline when serving.")
     feature_repo: Path = Field(

@@ -42,10 +42,16 @@ def start_local_ray(settings: Settings) -> None:
     # Feast points prometheus_client at a temp folder owned by (and deleted with) the importing process; the detached
     # Ray must not inherit it, or its workers outlive the folder and fail when Feast or our metrics write to it.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_MULTIPROC", "PROMETHEUS_MULTIPROCESS"))}
+    env.update(ray_serve_env(settings))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     if result.returncode != 0:
         raise stack.StackError(f"`ray start` failed: {result.stderr.strip().splitlines()[-1:]}")
     stack.record_extra(settings, "ray", {"started_by": "recstack serve", "at": time.time()})
+
+
+def ray_serve_env(settings: Settings) -> dict[str, str]:
+    """Environment for the Ray processes that will run Serve (set before Ray starts: Serve reads it at import)."""
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.serve_throughput_optimized else "0"}
 
 
 def stop_local_ray(settings: Settings) -> bool:
@@ -94,6 +100,7 @@ def serve(
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("RECSTACK_")}}
     if ray.is_initialized():  # e.g. `recstack demo` ran training in this process: serve from a fresh connection
         ray.shutdown()
+    os.environ.update(ray_serve_env(settings))  # the local Ray started below inherits it
     if detach:
         start_local_ray(settings)
         ray.init(address="auto", runtime_env=env, log_to_driver=False)
