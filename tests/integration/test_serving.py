@@ -39,8 +39,12 @@ def api(trained_stack: Settings) -> Iterator[str]:
 
     from serving.app import build_app
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    from serving.cli import ray_serve_env
+
+    if ray.is_initialized():  # training started one: serve from a Ray started the way `recstack serve` starts it
+        ray.shutdown()
+    os.environ.update(ray_serve_env(trained_stack))
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
