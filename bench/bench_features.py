@@ -130,7 +130,8 @@ def main() -> None:
                 call(user_id, item_ids)
                 timings[name].append(time.perf_counter() - started)
 
-    figures.update({"users": args.users, "items": args.items, "events": args.events})
+    if not args.use_configured:  # the generated data's size (a configured stack's is reported by its ingest step)
+        figures.update({"users": args.users, "items": args.items, "events": args.events})
     figures["candidates_per_request"] = args.candidates
     figures["features_per_item"] = sum(len(v.features) for v in lookup.item_views)
     figures["features_per_user"] = sum(len(v.features) for v in lookup.user_views)
