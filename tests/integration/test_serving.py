@@ -38,7 +38,6 @@ def api(trained_stack: Settings) -> Iterator[str]:
     from ray import serve
 
     from serving.app import build_app
-
     from serving.cli import ray_serve_env
 
     if ray.is_initialized():  # training started one: serve from a Ray started the way `recstack serve` starts it

@@ -88,3 +88,13 @@ def test_a_history_of_one_category_retrieves_mostly_that_category() -> None:
         scores[history] = -np.inf  # seen items are excluded
         top = np.argsort(-scores)[:10]
         assert (category[top] == wanted).sum() >= 8, (wanted, category[top])
+
+
+def test_sparse_updates_are_deterministic_and_learn() -> None:
+    events, liked = _one_batch()
+    a = train_embeddings(events, 16, 40, epochs=60, negatives=39, lr=0.05, seed=7, sparse=True)
+    b = train_embeddings(events, 16, 40, epochs=60, negatives=39, lr=0.05, seed=7, sparse=True)
+    np.testing.assert_array_equal(a.item, b.item)
+    assert a.losses[-1] < 0.5 * a.losses[0]
+    hits = sum(len(set(np.argsort(-(a.item @ a.user[u]))[:3].tolist()) & items) for u, items in liked.items())
+    assert hits >= 0.8 * 3 * len(liked)
