@@ -74,8 +74,17 @@ def in_process_p50(users: list[str], n: int = 300) -> dict[str, float]:
     """The same stage classes called directly in one process (no HTTP, no Serve): the floor."""
     from serving.app import AppConfig
     from serving.schemas import RecommendRequest
-    from serving.service import FeatureLookup, Ranker, Recommender, Reranker, Retriever, in_process_callers
+    from serving.service import (
+        FeatureLookup,
+        Ranker,
+        Recommender,
+        Reranker,
+        Retriever,
+        in_process_callers,
+        limit_math_threads,
+    )
 
+    limit_math_threads()  # as every serving process does
     settings = get_settings()
     recommender = Recommender(
         in_process_callers(Retriever(settings), FeatureLookup(settings), Ranker(settings), Reranker()),

@@ -43,6 +43,7 @@ from serving.service import (
     Reranker,
     Retriever,
     in_process_callers,
+    limit_math_threads,
     run_with_timeout,
 )
 from serving.stages.rerank import RerankParams
@@ -300,11 +301,16 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
 LOGGING = {"enable_access_log": False}
 STAGE_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16, "logging_config": LOGGING}
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
+# Fused: the whole pipeline is one replica's work (~20 ms of CPU per request here, mostly under the GIL), so one
+# replica saturates below 50 requests/s on its own; two use both cores (bench/bench_serving.py: @50 rps p50 689 ms
+# with one replica, 37 ms with two).
+FUSED_AUTOSCALING = {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8}
 
 
 @serve.deployment(name="Retriever", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class RetrieverDeployment:
     def __init__(self) -> None:
+        limit_math_threads()
         self.stage = Retriever(get_settings())
 
     def retrieve(self, *args: Any) -> Any:
@@ -323,6 +329,7 @@ class RetrieverDeployment:
 @serve.deployment(name="FeatureLookup", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class LookupDeployment:
     def __init__(self) -> None:
+        limit_math_threads()
         self.stage = FeatureLookup(get_settings())
 
     def lookup(self, *args: Any) -> Any:
@@ -335,6 +342,7 @@ class LookupDeployment:
 @serve.deployment(name="Ranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class RankerDeployment:
     def __init__(self) -> None:
+        limit_math_threads()
         self.stage = Ranker(get_settings())
 
     def rank(self, *args: Any) -> Any:
@@ -350,6 +358,7 @@ class RankerDeployment:
 @serve.deployment(name="Reranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class RerankerDeployment:
     def __init__(self) -> None:
+        limit_math_threads()
         self.stage = Reranker()
 
     def rerank(self, *args: Any) -> Any:
@@ -385,6 +394,7 @@ class Ingress:
     """HTTP ingress. With stage handles (graph mode) it calls them; without, it runs the stages in-process."""
 
     def __init__(self, config: dict[str, Any], *handles: Any) -> None:
+        limit_math_threads()
         settings = get_settings()
         app_config = AppConfig.model_validate(config)
         if handles:
@@ -417,11 +427,12 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         )
     if mode != "fused":
         raise ValueError(f"mode must be 'graph' or 'fused', got {mode!r}")
-    return Ingress.bind(payload)
+    return Ingress.options(autoscaling_config=FUSED_AUTOSCALING).bind(payload)
 
 
 def create_local_api(settings: Settings | None = None, config: AppConfig | None = None) -> FastAPI:
     """The same API without Ray (one process): tests and the benchmark's in-process floor."""
+    limit_math_threads()
     settings = settings or get_settings()
     config = config or AppConfig()
     retriever, ranker, lookup = Retriever(settings), Ranker(settings), FeatureLookup(settings)

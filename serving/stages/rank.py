@@ -105,6 +105,8 @@ def _context(hour: int, weekday: int, device: str, locale: str) -> dict[str, Any
 
 def _broadcast(value: Any, n: int, categorical: bool) -> np.ndarray:
     """A request-level value as a column of ``n``, converted once the way a column of it would be."""
+    if not categorical and (value is None or type(value) in (int, float, bool)):  # the common case, without pandas
+        return np.full(n, np.nan if value is None else float(value), dtype=np.float64)
     one = np.empty(1, dtype=object)
     one[0] = value  # a list stays one element
     converted = _categorical(one) if categorical else _numeric(one)
