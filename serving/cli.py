@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +117,7 @@ def serve(
         console.print(f"serving at {url} (docs {url}/docs), mode {mode or settings.serve_mode}")
     if detach:
         return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops serving, whatever ran before set
     try:
         while True:
             time.sleep(3600)

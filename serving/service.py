@@ -285,7 +285,7 @@ class Callers:
 def limit_math_threads() -> None:
     """One BLAS/OpenMP thread in this process. Requests already run concurrently, and OpenBLAS's worker threads spin
     while idle: with its default thread pool one /recommend cost 23 ms of CPU for 14 ms of wall time, with one
-    thread 11 ms (FastAPI app in one process, 280 requests, 100k/20k stack) — CPU the other requests and replicas need."""
+    thread 11 ms (FastAPI app in one process, 280 requests, 100k/20k stack): CPU other requests and replicas need."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)

@@ -6,7 +6,9 @@ cluster (RAY_ADDRESS) runs as many as it has cores, without code changes.
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +96,12 @@ def run_search(
             verbose=0,
         ),
     )
-    results = tuner.fit()
+    interrupt = signal.getsignal(signal.SIGINT)
+    try:
+        results = tuner.fit()
+    finally:  # Tune installs its own Ctrl-C handler and leaves it: `recstack demo` then could not be stopped by Ctrl-C
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, interrupt)
     best = results.get_best_result()
     table = results.get_dataframe()
     rows = [

@@ -1,5 +1,7 @@
 """Ray Tune over CatBoost on a real local Ray: trials run, ASHA reports, the best config is usable."""
 
+import signal
+
 import pytest
 
 from tests.unit.test_ranker import _groups
@@ -13,10 +15,13 @@ def test_search_finds_a_config_that_ranks_well(tmp_path) -> None:  # type: ignor
     import ray
 
     train, valid = _groups(120, 20, 1), _groups(30, 20, 2)
+    interrupt = signal.getsignal(signal.SIGINT)
     try:
         result = run_search(train, valid, trials=4, smoke=True, storage=tmp_path)
     finally:
         ray.shutdown()
+    # Ctrl-C means what it meant before the search (Tune's own handler once kept `recstack demo` from stopping).
+    assert signal.getsignal(signal.SIGINT) is interrupt
     assert len(result.trials) == 4
     assert {t["loss"] for t in result.trials} <= {"YetiRank", "QueryRMSE"}
     assert result.best_ndcg10 == max(t["valid_ndcg10"] for t in result.trials)
