@@ -111,7 +111,7 @@ def demo(
     from recstack.features.build import build_features
     from recstack.features.materialize import materialize
     from recstack.ingest.cli import synthetic
-    from serving.cli import serve, stop_local_ray
+    from serving.cli import restore_ctrl_c, serve, stop_local_ray
     from training.cli import evaluate, train
     from validation.cli import validate
 
@@ -159,6 +159,7 @@ def demo(
         console.print("the API keeps running; [bold]recstack down[/] stops it and the servers")
         return
     console.print("serving until Ctrl-C (the embedded servers keep running; `recstack down` stops them)")
+    restore_ctrl_c()
     try:
         while True:
             time.sleep(3600)

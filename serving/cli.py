@@ -55,6 +55,13 @@ def ray_serve_env(settings: Settings) -> dict[str, str]:
     return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.serve_throughput_optimized else "0"}
 
 
+def restore_ctrl_c() -> None:
+    """Ctrl-C raises KeyboardInterrupt again, whatever a library installed before (Ray Tune leaves its own handler);
+    a SIGINT the shell ignores (a background job) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def stop_local_ray(settings: Settings) -> bool:
     """Stop the Serve app and the local Ray that `serve --detach` started (nothing else)."""
     if not stack.extra_state(settings).get("ray"):
@@ -117,9 +124,12 @@ def serve(
         console.print(f"serving at {url} (docs {url}/docs), mode {mode or settings.serve_mode}")
     if detach:
         return
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops serving, whatever ran before set
+    restore_ctrl_c()
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        ray_serve.shutdown()
+        # The local Ray was started by this process: stopping it stops Serve with it, at once (serve.shutdown()
+        # waits up to 30 s for its controller's graceful shutdown here).
+        ray.shutdown()
+        console.print("API stopped")
