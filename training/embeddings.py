@@ -72,7 +72,7 @@ def train_embeddings(
     seed: int = 42,
     threads: int | None = 2,
     progress: Callable[[int, float], None] | None = None,
-    sparse: bool = False,
+    sparse: bool = True,
 ) -> EmbeddingModel:
     """Fit unit-norm user and item vectors by sampled softmax; ``progress(epoch, mean_loss)`` after each epoch.
 
@@ -83,8 +83,9 @@ def train_embeddings(
 
     ``sparse``: gradients and Adam updates touch only the rows a batch uses (SparseAdam, i.e. "lazy" Adam). Dense Adam
     rewrites every user and item row on every step: at 1M users that was 73% of the training time (py-spy), and the
-    dense gradient of the full tables most of the rest. Off by default until its effect on NDCG is measured: per
-    epoch it lowers the loss less than dense Adam on small data (bench/bench_embeddings.py).
+    dense gradient of the full tables most of the rest. Same quality on the default data (20k users / 5k items / 1M
+    events, `recstack train --trials 6` + `recstack evaluate --users 1000`): NDCG@10 embeddings-only 0.0383 vs 0.0377
+    dense, retrieval + ranker 0.0483 vs 0.0472.
     """
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)

@@ -4,6 +4,7 @@ dislikes as negatives."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.embeddings import train_embeddings
 from training.interactions import Interactions
@@ -90,10 +91,11 @@ def test_a_history_of_one_category_retrieves_mostly_that_category() -> None:
         assert (category[top] == wanted).sum() >= 8, (wanted, category[top])
 
 
-def test_sparse_updates_are_deterministic_and_learn() -> None:
+@pytest.mark.parametrize("sparse", [True, False])
+def test_sparse_and_dense_updates_are_deterministic_and_learn(sparse: bool) -> None:
     events, liked = _one_batch()
-    a = train_embeddings(events, 16, 40, epochs=60, negatives=39, lr=0.05, seed=7, sparse=True)
-    b = train_embeddings(events, 16, 40, epochs=60, negatives=39, lr=0.05, seed=7, sparse=True)
+    a = train_embeddings(events, 16, 40, epochs=60, negatives=39, lr=0.05, seed=7, sparse=sparse)
+    b = train_embeddings(events, 16, 40, epochs=60, negatives=39, lr=0.05, seed=7, sparse=sparse)
     np.testing.assert_array_equal(a.item, b.item)
     assert a.losses[-1] < 0.5 * a.losses[0]
     hits = sum(len(set(np.argsort(-(a.item @ a.user[u]))[:3].tolist()) & items) for u, items in liked.items())
