@@ -72,25 +72,10 @@ async def constant_rate(url: str, users: list[str], rate: float, seconds: float)
 
 def in_process_p50(users: list[str], n: int = 300) -> dict[str, float]:
     """The same stage classes called directly in one process (no HTTP, no Serve): the floor."""
-    from serving.app import AppConfig
+    from serving.app import AppConfig, local_backend
     from serving.schemas import RecommendRequest
-    from serving.service import (
-        FeatureLookup,
-        Ranker,
-        Recommender,
-        Reranker,
-        Retriever,
-        in_process_callers,
-        limit_math_threads,
-    )
 
-    limit_math_threads()  # as every serving process does
-    settings = get_settings()
-    recommender = Recommender(
-        in_process_callers(Retriever(settings), FeatureLookup(settings), Ranker(settings), Reranker()),
-        deadline_s=5.0,
-        rerank_params=AppConfig().rerank,
-    )
+    recommender = local_backend(get_settings(), AppConfig(deadline_ms=5000)).recommender
 
     async def run() -> list[float]:
         out = []

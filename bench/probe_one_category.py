@@ -23,9 +23,8 @@ from recstack.settings import get_settings
 
 
 def main() -> None:
-    from serving.app import AppConfig, FeedbackSink
+    from serving.app import AppConfig, local_backend
     from serving.schemas import FeedbackEvent, RecommendRequest, RerankOverrides
-    from serving.service import FeatureLookup, Ranker, Recommender, Reranker, Retriever, in_process_callers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--user", default="probe-one-category-1")
@@ -38,19 +37,14 @@ def main() -> None:
             "WHERE cardinality(i.categories) = 1 GROUP BY c ORDER BY count(*) DESC LIMIT 1"
         ).fetchone()  # type: ignore[misc]
         categories = dict(conn.execute("SELECT external_id, categories FROM items").fetchall())
-    sink = FeedbackSink(settings)
+    backend = local_backend(settings, AppConfig(deadline_ms=5000))
     for n, item in enumerate(liked):
-        sink.record(FeedbackEvent(event_id=f"{args.user}-{n}", user_id=args.user, item_id=item, type="like"))
-    retriever = Retriever(settings)
-    recommender = Recommender(
-        in_process_callers(retriever, FeatureLookup(settings), Ranker(settings), Reranker()),
-        deadline_s=5.0,
-        rerank_params=AppConfig().rerank,
-    )
+        event = FeedbackEvent(event_id=f"{args.user}-{n}", user_id=args.user, item_id=item, type="like")
+        backend.feedback_sink().record(event)
     print(f"user {args.user} liked 8 {category!r} items")
     relevance_only = RerankOverrides(mmr_lambda=1.0, max_provider_share=1.0, long_tail_min=0)
     for name, overrides in (("configured rerank", None), ("relevance only", relevance_only)):
-        slate = asyncio.run(recommender.recommend(RecommendRequest(user_id=args.user, k=10, rerank=overrides)))
+        slate = asyncio.run(backend.recommender.recommend(RecommendRequest(user_id=args.user, k=10, rerank=overrides)))
         hits = sum(category in categories[i.item_id] for i in slate.items)
         print(f"{name:18s} {hits}/10 {category!r} (degraded={slate.degraded})")
 

@@ -394,16 +394,15 @@ class Ingress:
     """HTTP ingress. With stage handles (graph mode) it calls them; without, it runs the stages in-process."""
 
     def __init__(self, config: dict[str, Any], *handles: Any) -> None:
-        limit_math_threads()
         settings = get_settings()
         app_config = AppConfig.model_validate(config)
         if handles:
             retriever, lookup, ranker, reranker = handles
             callers = _handle_callers(retriever, lookup, ranker, reranker)
+            backend = Backend(settings, app_config, callers, retriever, ranker, lookup)
         else:
-            retriever, ranker, lookup = Retriever(settings), Ranker(settings), FeatureLookup(settings)
-            callers = in_process_callers(retriever, lookup, ranker, Reranker())
-        self.api = create_api(Backend(settings, app_config, callers, retriever, ranker, lookup), settings)
+            backend = local_backend(settings, app_config)
+        self.api = create_api(backend, settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.api
@@ -430,14 +429,19 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     return Ingress.options(autoscaling_config=FUSED_AUTOSCALING).bind(payload)
 
 
-def create_local_api(settings: Settings | None = None, config: AppConfig | None = None) -> FastAPI:
-    """The same API without Ray (one process): tests and the benchmark's in-process floor."""
+def local_backend(settings: Settings | None = None, config: AppConfig | None = None) -> Backend:
+    """Every stage in this process, as a fused replica runs them (also tests, benchmarks and probes)."""
     limit_math_threads()
     settings = settings or get_settings()
-    config = config or AppConfig()
     retriever, ranker, lookup = Retriever(settings), Ranker(settings), FeatureLookup(settings)
     callers = in_process_callers(retriever, lookup, ranker, Reranker())
-    return create_api(Backend(settings, config, callers, retriever, ranker, lookup), settings)
+    return Backend(settings, config or AppConfig(), callers, retriever, ranker, lookup)
+
+
+def create_local_api(settings: Settings | None = None, config: AppConfig | None = None) -> FastAPI:
+    """The same API without Ray (one process): tests and the benchmark's in-process floor."""
+    backend = local_backend(settings, config)
+    return create_api(backend, backend.settings)
 
 
 # Serve applications for `serve build` / `serve run` (binding is declarative: no I/O, no settings read):
