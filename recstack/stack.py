@@ -272,8 +272,11 @@ def _start_redis(settings: Settings) -> int:
             str(settings.redis_dir),
             "--logfile",
             str(settings.redis_dir / "redis.log"),
+            # Snapshot after 300 s with a change, and on shutdown (`recstack down`): the online store survives a
+            # restart. Each number is its own argument: "300 1" as one turned snapshots off.
             "--save",
-            "300 1",
+            "300",
+            "1",
             "--appendonly",
             "no",
         ],
@@ -392,7 +395,7 @@ def down(settings: Settings) -> list[str]:
         stopped.append(f"postgres (pid {pg_pid})")
     redis_pid = state.get("redis", {}).get("pid")
     if _alive(redis_pid, "redis-server"):
-        _terminate(redis_pid)  # type: ignore[arg-type]
+        _terminate(redis_pid, timeout_s=300)  # type: ignore[arg-type]  # Redis writes its snapshot first
         stopped.append(f"redis (pid {redis_pid})")
     for name in ("postgres", "redis"):
         state.pop(name, None)

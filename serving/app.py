@@ -42,6 +42,7 @@ from serving.service import (
     Recommender,
     Reranker,
     Retriever,
+    Unavailable,
     in_process_callers,
     limit_math_threads,
     run_with_timeout,
@@ -76,6 +77,7 @@ class Backend:
         self.recommender = Recommender(callers, deadline, config.experiments, config.rerank)
         self.retriever, self.ranker, self.lookup = retriever, ranker, lookup
         self._feedback: Any = None
+        self.impressions = ImpressionLog(self.feedback_sink)
 
     async def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
         call = self.retriever.similar
@@ -113,8 +115,46 @@ class Backend:
             self._feedback = FeedbackSink(self.settings)
         return self._feedback
 
-    async def impression(self, response: RecommendResponse) -> None:
-        await asyncio.to_thread(self.feedback_sink().log_impression, response)
+
+class ImpressionLog:
+    """Every slate served, written in batches: one transaction every ``flush_s`` instead of a statement per response
+    (Postgres and the replica spend their CPU on recommendations). Impressions are an analytics log: a replica that
+    dies loses at most its last ``flush_s`` of them, and while Postgres is down at most ``max_pending`` wait."""
+
+    def __init__(self, sink: Any, flush_s: float = 0.1, max_pending: int = 10_000) -> None:
+        self.sink, self.flush_s, self.max_pending = sink, flush_s, max_pending
+        self.pending: list[tuple[Any, ...]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, response: RecommendResponse) -> None:
+        if len(self.pending) >= self.max_pending:
+            metrics.FALLBACKS.labels("impression_log_failed").inc()
+            return
+        self.pending.append(
+            (
+                response.request_id,
+                response.user_id,
+                response.experiment.name if response.experiment else None,
+                response.experiment.variant if response.experiment else None,
+                response.model_version,
+                [i.item_id for i in response.items],
+                response.degraded,
+            )
+        )
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            if not self.pending:
+                continue
+            batch, self.pending = self.pending, []
+            try:
+                await asyncio.to_thread(self.sink().log_impressions, batch)
+            except Exception as err:  # kept for the next flush (up to max_pending)
+                log.warning("impressions not logged yet (%s)", err)
+                self.pending = (batch + self.pending)[: self.max_pending]
 
 
 class FeedbackSink:
@@ -154,32 +194,96 @@ class FeedbackSink:
         metrics.FEEDBACK.labels(status).inc()
         return FeedbackResult(event_id=event.event_id, status=status)
 
-    def log_impression(self, response: RecommendResponse) -> None:
-        with self.impressions.connection() as conn:
-            conn.execute(
+    def log_impressions(self, rows: list[tuple[Any, ...]]) -> None:
+        """(request_id, user_id, experiment, variant, model_version, item_ids, degraded) rows in one transaction."""
+        with self.impressions.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.executemany(
                 "INSERT INTO impressions (request_id, user_id, experiment, variant, model_version, item_ids, degraded) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
-                (
-                    response.request_id,
-                    response.user_id,
-                    response.experiment.name if response.experiment else None,
-                    response.experiment.variant if response.experiment else None,
-                    response.model_version,
-                    [i.item_id for i in response.items],
-                    response.degraded,
-                ),
+                rows,
             )
 
 
 # -- HTTP -------------------------------------------------------------------------------------------------------
-def _error(status: int, error: str, details: list[dict[str, str]] | None = None) -> JSONResponse:
+def _error(
+    status: int, error: str, details: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = ErrorResponse(error=error, details=details or [])  # type: ignore[arg-type]
-    return JSONResponse(status_code=status, content=body.model_dump())
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or "body"
+
+
+class Guard:
+    """API key, body size limit, JSON 500s and per-endpoint metrics for every request, as a plain ASGI middleware:
+    Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware) runs each request through an extra task and memory
+    streams, CPU every /recommend paid for nothing."""
+
+    def __init__(self, app: Any, api_key: str | None = None) -> None:
+        self.app, self.api_key = app, (api_key.encode() if api_key else None)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        endpoint = path if path in KNOWN_PATHS else "/items/{id}/similar" if path.startswith("/items/") else "other"
+        status = {"code": 500, "sent": False}
+
+        async def send_counted(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+            await send(message)
+
+        try:
+            refused = await self._refusal(scope, receive)
+            if isinstance(refused, JSONResponse):
+                await refused(scope, receive, send_counted)
+                return
+            await self.app(scope, refused or receive, send_counted)
+        except Exception:  # never a bare 500 page: a JSON error without internals
+            log.exception("unhandled error on %s", path)
+            if not status["sent"]:
+                await _error(500, "internal error; the request was not processed")(scope, receive, send_counted)
+        finally:
+            metrics.RESPONSES.labels(endpoint, str(status["code"])).inc()
+            metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def _refusal(self, scope: dict[str, Any], receive: Any) -> JSONResponse | Any:
+        """A 401/413 response, or a ``receive`` replaying the body read to measure it, or None (nothing to check)."""
+        headers = dict(scope["headers"])
+        if self.api_key and scope["path"] not in OPEN_PATHS and headers.get(b"x-api-key") != self.api_key:
+            return _error(401, "missing or wrong X-API-Key header")
+        too_big = _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return too_big
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return None
+        chunks, size, more = [], 0, True
+        while more:  # chunked bodies have no content-length: measure what arrives, stop at the limit
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive  # the client went away: let the app see the disconnect
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_BODY_BYTES:
+                return too_big
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
 
 
 def create_api(backend: Backend, settings: Settings) -> FastAPI:
@@ -191,28 +295,7 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 401: {"model": ErrorResponse}},
     )
 
-    @api.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        path = request.url.path
-        endpoint = path if path in KNOWN_PATHS else "/items/{id}/similar" if path.startswith("/items/") else "other"
-        if settings.api_key and path not in OPEN_PATHS and request.headers.get("x-api-key") != settings.api_key:
-            return _error(401, "missing or wrong X-API-Key header")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        if request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked bodies have no content-length: measure what arrived
-            if len(body) > MAX_BODY_BYTES:
-                return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        try:
-            response: Response = await call_next(request)
-        except Exception:  # never a bare 500 page: a JSON error without internals
-            log.exception("unhandled error on %s", path)
-            response = _error(500, "internal error; the request was not processed")
-        metrics.RESPONSES.labels(str(endpoint), str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(str(endpoint)).observe(time.perf_counter() - started)
-        return response
+    api.add_middleware(Guard, api_key=settings.api_key)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -223,11 +306,15 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
         return _error(err.status_code, str(err.detail))
 
-    @api.post("/recommend", response_model=RecommendResponse)
-    async def recommend(req: RecommendRequest) -> RecommendResponse:
-        """A slate of ``k`` items for the user; already-seen items are excluded."""
-        response = await backend.recommender.recommend(req)
-        asyncio.get_running_loop().create_task(_quietly(backend.impression(response)))
+    @api.post("/recommend", response_model=RecommendResponse, responses={503: {"model": ErrorResponse}})
+    async def recommend(req: RecommendRequest) -> Any:
+        """A slate of ``k`` items for the user; already-seen items are excluded. 503 (with Retry-After) only when
+        not even the popular fallback can be served (overload, or stores down before any popular list was cached)."""
+        try:
+            response = await backend.recommender.recommend(req)
+        except Unavailable as err:
+            return _error(503, str(err), headers={"Retry-After": "1"})
+        backend.impressions.add(response)
         return response
 
     @api.get("/items/{item_id}/similar")
@@ -270,13 +357,6 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return api
-
-
-async def _quietly(task: Any) -> None:
-    try:
-        await task
-    except Exception:
-        metrics.FALLBACKS.labels("impression_log_failed").inc()
 
 
 async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -> Any:

@@ -34,7 +34,7 @@ from serving.schemas import (
     RecommendResponse,
     RerankOverrides,
 )
-from serving.stages.rank import RankContext, contributions, model_matrix, score
+from serving.stages.rank import RankContext, contributions, model_columns, score
 from serving.stages.rerank import Candidates, RerankParams, rerank
 from serving.stages.retrieve import (
     CANDIDATE_FEATURES,
@@ -210,7 +210,7 @@ class Ranker:
         if found is None:
             raise RuntimeError("no promoted model")
         version, model, features, categorical = found
-        return version, model, model_matrix(user, items, candidates, ctx, features, categorical), features, categorical
+        return version, model, model_columns(user, items, candidates, ctx, features, categorical), features, categorical
 
     def rank(
         self,
@@ -221,8 +221,8 @@ class Ranker:
         version: str | None = None,
     ) -> tuple[np.ndarray, str]:
         """(score per candidate, model version)."""
-        version, model, matrix, _, _ = self._matrix(user, items, candidates, ctx, version)
-        return score(model, matrix), version
+        version, model, columns, _, categorical = self._matrix(user, items, candidates, ctx, version)
+        return score(model, columns, categorical), version
 
     def explain(
         self,
@@ -234,8 +234,10 @@ class Ranker:
         rows: list[int],
     ) -> list[list[str]]:
         """Top feature contributions (SHAP) of the model for the given candidate rows (the slate)."""
-        _, model, matrix, features, categorical = self._matrix(user, items, candidates, ctx, version)
-        return contributions(model, matrix, features, categorical, rows)
+        import pandas as pd
+
+        _, model, columns, features, categorical = self._matrix(user, items, candidates, ctx, version)
+        return contributions(model, pd.DataFrame(columns), features, categorical, rows)
 
     def ready(self) -> bool:
         return self.model(None) is not None
@@ -268,6 +270,11 @@ Caller = Callable[..., Awaitable[Any]]
 
 class StageTimeout(RuntimeError):
     pass
+
+
+class Unavailable(RuntimeError):
+    """Nothing to answer with: retrieval and its popular fallback both failed (overload, or the stores are down and
+    no popular list was cached yet). The HTTP layer answers 503 with Retry-After."""
 
 
 @dataclass
@@ -324,6 +331,7 @@ class Recommender:
         self.rerank_params = rerank_params or RerankParams()
         self._popular: CandidateSet | None = None
         self._popular_at = 0.0
+        self._refresh: asyncio.Task[Any] | None = None
 
     async def _stage(self, name: str, call: Caller, *args: Any, deadline: float | None = None) -> Any:
         started = time.perf_counter()
@@ -344,10 +352,23 @@ class Recommender:
         except Exception:
             if self._popular is None:
                 raise
-            return self._popular  # Postgres down too: the last popular list we had
+            return _matching(self._popular, filters)  # Postgres down too: the last popular list we had
         if unfiltered:
             self._popular, self._popular_at = found, time.monotonic()
         return found
+
+    def _keep_popular_fresh(self) -> None:
+        """Refresh the cached popular list in the background, so a retrieval failure always has one to serve."""
+        stale = time.monotonic() - self._popular_at >= POPULAR_REFRESH_S
+        if stale and (self._refresh is None or self._refresh.done()):
+
+            async def refresh() -> None:
+                try:
+                    await self.popular(Filters(), [])
+                except Exception as err:
+                    log.warning("popular list not refreshed (%s)", err)
+
+            self._refresh = asyncio.get_running_loop().create_task(refresh())
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         request_id = uuid.uuid4().hex
@@ -377,11 +398,16 @@ class Recommender:
             candidates = await self._stage(
                 "retrieve", self.callers.retrieve, req.user_id, filters, req.exclude_item_ids
             )
+            self._keep_popular_fresh()
         except Exception as err:
             log.warning("retrieval failed (%s): serving popular items", err)
             metrics.FALLBACKS.labels("retrieve_to_popular").inc()
             degraded = True
-            candidates = await self.popular(filters, req.exclude_item_ids)
+            try:
+                candidates = await self.popular(filters, req.exclude_item_ids)
+            except Exception as popular_err:
+                metrics.FALLBACKS.labels("unavailable").inc()
+                raise Unavailable("retrieval and its popular fallback both failed; retry shortly") from popular_err
             excluded = set(req.exclude_item_ids)
             keep = [i for i, item in enumerate(candidates.item_ids) if item not in excluded]
             candidates = _subset(candidates, keep)
@@ -466,6 +492,19 @@ def _subset(c: CandidateSet, keep: list[int]) -> CandidateSet:
         c.vectors[keep],
         c.features[keep],
     )
+
+
+def _matching(c: CandidateSet, filters: Filters) -> CandidateSet:
+    """The candidates passing ``filters`` (the cached popular list, when Postgres cannot filter it)."""
+    categories, providers = set(filters.categories), set(filters.providers)
+    keep = [
+        i
+        for i in range(len(c))
+        if (not filters.domain or c.domains[i] == filters.domain)
+        and (not categories or categories.intersection(c.categories[i]))
+        and (not providers or c.providers[i] in providers)
+    ]
+    return _subset(c, keep)
 
 
 def _retrieval_score(c: CandidateSet) -> np.ndarray:

@@ -40,11 +40,16 @@ def apply() -> None:
     console.print(output.strip(), highlight=False)
 
 
-def materialize(force: bool = typer.Option(False, "--force", help="Materialize even if validation fails.")) -> None:
+def materialize(
+    force: bool = typer.Option(False, "--force", help="Materialize even if validation fails."),
+    full: bool = typer.Option(
+        False, "--full", help="Copy every view's whole history again (automatic when Redis is empty)."
+    ),
+) -> None:
     """Validate, then copy the latest feature values into Redis (incremental after the first run)."""
     from recstack.features.materialize import materialize as run
 
-    results = run(get_settings(), force=force)
+    results = run(get_settings(), force=force, full=full)
     table = Table("feature view", "from", "to", "entities", "time", "entities/s", title="materialize")
     for r in results:
         table.add_row(

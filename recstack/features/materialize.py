@@ -1,7 +1,8 @@
 """`recstack materialize`: validated feature tables -> Redis, with Feast's own materialization (local engine).
 
 The first run of a view covers all its history (Feast's incremental start would otherwise be now - ttl, which
-skips data sets recorded long ago, such as MovieLens); later runs are incremental from the last end time.
+skips data sets recorded long ago, such as MovieLens); later runs are incremental from the last end time, unless
+``full`` is asked for or the online store is empty (a new or flushed Redis): then every view starts over.
 The validation gate runs first: nothing from a failing batch reaches Redis unless forced.
 """
 
@@ -54,20 +55,29 @@ def _earliest(conn: psycopg.Connection, view: str) -> datetime | None:
     return row[0] if row else None
 
 
-def materialize(settings: Settings, force: bool = False, gate: bool = True) -> list[MaterializeResult]:
+def online_store_empty(settings: Settings) -> bool:
+    """No key at all in the online store's Redis database: whatever Feast's registry says was materialized is gone."""
+    with stack.redis_client(settings) as client:
+        return int(client.dbsize()) == 0
+
+
+def materialize(
+    settings: Settings, force: bool = False, gate: bool = True, full: bool = False
+) -> list[MaterializeResult]:
     """Validate, then write the latest feature values per entity into Redis for every batch view."""
     if gate:
         from validation.gate import require_pass
 
         require_pass(settings, GATE_SUITES, force=force)
     store = open_store(settings)
+    full = full or online_store_empty(settings)
     end = datetime.now(UTC)
     results = []
     with psycopg.connect(stack.postgres_dsn(settings), autocommit=True) as conn:
         for view_name in VIEW_TABLES:
             view = store.get_feature_view(view_name)
             intervals = view.materialization_intervals
-            if intervals:
+            if intervals and not full:
                 start = max(i[1] for i in intervals)
             else:
                 earliest = _earliest(conn, view_name)

@@ -62,9 +62,21 @@ def model_matrix(
     features: list[str],
     categorical: list[str],
 ) -> pd.DataFrame:
-    """The ranker's input for one request, equal to ``model_input`` of the training layout (Feast's full-name frame;
-    tests/unit/test_rank.py builds that frame and checks the equality): request-level values are computed once and
-    broadcast, item columns are used as they are."""
+    """``model_columns`` as a frame (what explanations and the equality test use)."""
+    return pd.DataFrame(model_columns(user, items, candidates, ctx, features, categorical))
+
+
+def model_columns(
+    user: dict[str, Any],
+    items: dict[str, np.ndarray],
+    candidates: CandidateSet,
+    ctx: RankContext,
+    features: list[str],
+    categorical: list[str],
+) -> dict[str, np.ndarray]:
+    """The ranker's input for one request, column by column in the model's order, equal to ``model_input`` of the
+    training layout (Feast's full-name frame; tests/unit/test_rank.py builds that frame and checks the equality):
+    request-level values are computed once and broadcast, item columns are used as they are."""
     n = len(candidates)
     context = _context(ctx.when.hour, ctx.when.weekday(), ctx.device or "unknown", ctx.locale or "unknown")
     crosses = None
@@ -92,7 +104,7 @@ def model_matrix(
             out[name] = _broadcast(user.get(name), n, name in categorical)
             continue
         out[name] = _categorical(column) if name in categorical else _numeric(column)
-    return pd.DataFrame(out)
+    return out
 
 
 @functools.lru_cache(maxsize=4096)
@@ -113,9 +125,25 @@ def _broadcast(value: Any, n: int, categorical: bool) -> np.ndarray:
     return np.full(n, converted[0], dtype=converted.dtype)
 
 
-def score(model: Any, matrix: pd.DataFrame) -> np.ndarray:
-    # One thread per call: requests already run concurrently, and CatBoost's default (all cores) oversubscribes.
-    return np.asarray(model.predict(matrix, thread_count=1), dtype=np.float64)
+def score(model: Any, columns: dict[str, np.ndarray], categorical: list[str]) -> np.ndarray:
+    """The model's scores for ``model_columns``. Passed as CatBoost's FeaturesData (one float32 block, one block of
+    category strings) rather than a DataFrame: CatBoost fills the model's numeric and categorical slots in its own
+    feature order from the two blocks, and skipping pandas halves the CPU of a prediction (bench/bench_rank_input.py).
+    One thread per call: requests already run concurrently, and CatBoost's default (all cores) oversubscribes."""
+    from catboost import FeaturesData
+
+    if not columns or not len(next(iter(columns.values()))):
+        return np.empty(0, dtype=np.float64)
+    categorical_set = set(categorical)
+    cats = [name for name in columns if name in categorical_set]
+    nums = [name for name in columns if name not in categorical_set]
+    data = FeaturesData(
+        num_feature_data=np.column_stack([columns[c] for c in nums]).astype(np.float32) if nums else None,
+        cat_feature_data=np.column_stack([columns[c] for c in cats]).astype(object) if cats else None,
+        num_feature_names=nums or None,
+        cat_feature_names=cats or None,
+    )
+    return np.asarray(model.predict(data, thread_count=1), dtype=np.float64)
 
 
 def contributions(

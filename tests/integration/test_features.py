@@ -121,6 +121,24 @@ def test_online_values_equal_the_latest_offline_values(featured: Settings) -> No
         assert online_items.at[item, "provider_id"] == offline_items.at[item, "provider_id"]
 
 
+def test_an_emptied_online_store_is_filled_again_by_the_next_materialize(featured: Settings) -> None:
+    """A flushed or replaced Redis: Feast's registry still says everything was materialized, so an incremental run
+    alone would leave serving without features; materialize notices the empty store and copies everything again."""
+    from recstack.features.materialize import VIEW_TABLES
+
+    with stack.redis_client(featured) as client:
+        client.flushdb()
+    results = materialize(featured, gate=False)
+    assert {r.view for r in results} == set(VIEW_TABLES) and all(r.entities > 0 for r in results)
+    store = feast_store.open_store(featured)
+    online = store.get_online_features(
+        features=["user_features:likes_30d", "user_realtime:recent_item_ids"], entity_rows=[{"user_id": "u0000001"}]
+    ).to_dict()
+    assert online["likes_30d"][0] is not None and online["recent_item_ids"][0]
+    again = materialize(featured, gate=False)  # the store is full: back to incremental (nothing new)
+    assert all(r.entities == 0 for r in again)
+
+
 def test_fast_lookup_equals_feast_on_random_entities(featured: Settings) -> None:
     """Same values as FeatureStore.get_online_features, including unknown users/items (all None), and a
     materialization version bump makes a replica's cached item columns reload."""

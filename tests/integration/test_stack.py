@@ -75,6 +75,21 @@ def test_up_is_idempotent_and_down_leaves_no_server(own_env: dict[str, str]) -> 
     assert recstack_cli("status", env=own_env).returncode == 1
 
 
+def test_the_online_store_survives_down_and_up(own_env: dict[str, str]) -> None:
+    """Redis keeps what `feast materialize` wrote across `recstack down` / `recstack up` (snapshot on shutdown)."""
+    settings = Settings(**{k.removeprefix("RECSTACK_").lower(): v for k, v in own_env.items()})
+    assert recstack_cli("up", env=own_env).returncode == 0
+    try:
+        with stack.redis_client(settings) as client:
+            client.hset("recstack-test", mapping={"feature": "value"})
+        assert recstack_cli("down", env=own_env).returncode == 0
+        assert recstack_cli("up", env=own_env).returncode == 0
+        with stack.redis_client(settings) as client:
+            assert client.hgetall("recstack-test") == {b"feature": b"value"}
+    finally:
+        recstack_cli("down", env=own_env)
+
+
 def test_unreachable_external_postgres_is_one_line_without_password(own_env: dict[str, str]) -> None:
     port = free_port()  # nothing listens there
     env = {**own_env, "RECSTACK_POSTGRES_DSN": f"postgresql://app:hunter2@127.0.0.1:{port}/reco"}

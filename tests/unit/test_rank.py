@@ -123,3 +123,34 @@ def test_one_user_crosses_equal_the_frame_version_feast_runs() -> None:
         fast = transforms.user_item_crosses_for_user(categories, shares, last, items, request_ts)
         for name in transforms.CROSS_OUTPUTS:
             np.testing.assert_array_equal(fast[name], expected[name].to_numpy(), err_msg=f"{name} for {categories}")
+
+
+def test_scores_from_features_data_equal_scores_from_the_training_frame() -> None:
+    """``score`` hands CatBoost two blocks (numbers, categories) instead of a frame: with categorical columns between
+    numeric ones in the model's order, every score must equal predicting from the frame the model was trained on."""
+    from catboost import CatBoostRanker, Pool
+
+    from serving.stages.rank import score
+
+    rng = np.random.default_rng(1)
+    n = 600
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "domain": rng.choice(["movie", "music", "missing"], n),
+            "b": rng.normal(size=n),
+            "device": rng.choice(["tv", "phone"], n),
+            "c": np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n)),
+        }
+    )
+    label = (frame["a"] + (frame["domain"] == "music") + 2 * (frame["device"] == "tv") > 1).astype(int)
+    categorical = ["domain", "device"]
+    model = CatBoostRanker(iterations=30, depth=4, verbose=False, thread_count=1, random_seed=0)
+    model.fit(Pool(frame, label, group_id=np.repeat(np.arange(n // 20), 20), cat_features=categorical))
+    columns = {name: frame[name].to_numpy() for name in frame}
+    expected = model.predict(frame, thread_count=1)
+    np.testing.assert_allclose(score(model, columns, categorical), expected, rtol=0, atol=1e-12)
+    assert np.unique(expected).size > 5  # the categorical columns matter to the model: a swap would show
+    swapped = {**columns, "domain": columns["device"], "device": columns["domain"]}
+    assert not np.allclose(score(model, swapped, categorical), expected)
+    assert score(model, {name: col[:0] for name, col in columns.items()}, categorical).shape == (0,)
