@@ -4,10 +4,15 @@ CatBoost ranking -> rerank, k=10) at constant request rates, in both Serve shape
 Needs a stack with data, features materialized and a promoted model (`recstack demo --no-serve`, or the README's
 scale steps). Usage (with the stack's RECSTACK_* environment):
 
-    python -m bench.bench_serving [--rates 25 50 100] [--seconds 20] [--modes fused graph]
+    python -m bench.bench_serving [--rates 25 50 100] [--seconds 20] [--modes fused fused-direct graph]
 
 Open-loop load: requests start on a fixed schedule whatever the answers do (no coordinated omission), from one
 asyncio client in this process. Writes bench/results/serving.json.
+
+Modes: ``fused`` and ``graph`` go through Serve's HTTP proxy, as `recstack serve` users do. ``-direct`` sends the
+requests to the ingress replicas' own HTTP servers instead (Ray Serve's direct ingress, on with
+RAY_SERVE_THROUGHPUT_OPTIMIZED; the targets come from Serve's target groups, what a cluster load balancer is given),
+spread round robin by the client: the proxy hop is skipped, as behind a load balancer in production.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def sample_users(n: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-async def constant_rate(url: str, users: list[str], rate: float, seconds: float) -> dict[str, object]:
+async def constant_rate(urls: list[str], users: list[str], rate: float, seconds: float) -> dict[str, object]:
+    """Requests at ``rate`` per second for ``seconds``, spread round robin over ``urls``."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     degraded = 0
@@ -43,7 +49,7 @@ async def constant_rate(url: str, users: list[str], rate: float, seconds: float)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
 
-        async def one(user: str) -> None:
+        async def one(url: str, user: str) -> None:
             nonlocal degraded
             started = time.perf_counter()
             async with session.post(f"{url}/recommend", json={"user_id": user, "k": 10}) as response:
@@ -58,7 +64,7 @@ async def constant_rate(url: str, users: list[str], rate: float, seconds: float)
             delay = t0 + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(random.choice(users))))
+            tasks.append(asyncio.create_task(one(urls[i % len(urls)], random.choice(users))))
         await asyncio.gather(*tasks)
         achieved = n / (time.perf_counter() - t0)
     return {
@@ -88,9 +94,26 @@ def in_process_p50(users: list[str], n: int = 300) -> dict[str, float]:
     return percentiles_ms(asyncio.run(run()))
 
 
-def serve_mode(mode: str, port: int) -> str:
+def direct_targets(app: str) -> list[str]:
+    """The ingress replicas' own HTTP servers, from Serve's target groups (what a load balancer is given)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    for _ in range(60):
+        groups = ray.get(controller.get_target_groups.remote(app))
+        targets = [t for g in groups if str(g.protocol).upper().endswith("HTTP") for t in g.targets]
+        if targets and all("proxy" not in t.name.lower() for t in targets):
+            # Targets carry the node's IP; the replicas here listen where the proxy does (127.0.0.1).
+            return [f"http://127.0.0.1:{t.port}" for t in targets]
+        time.sleep(1)
+    raise RuntimeError("no direct ingress targets: is RAY_SERVE_THROUGHPUT_OPTIMIZED on?")
+
+
+def serve_mode(mode: str, port: int) -> list[str]:
     """Start the app in ``mode`` (graph | fused), on a local Ray started with RAY_SERVE_THROUGHPUT_OPTIMIZED as
-    ``recstack serve`` would (or forced with a "-tp" / "-default" suffix, to compare both)."""
+    ``recstack serve`` would (or forced with a "-tp" / "-default" suffix, to compare both); the URLs to load ("-direct":
+    the ingress replicas' own servers)."""
     import os
 
     import ray
@@ -99,10 +122,10 @@ def serve_mode(mode: str, port: int) -> str:
     from serving.app import build_app
     from serving.cli import ray_serve_env
 
-    shape, _, variant = mode.partition("-")
+    shape, *flags = mode.split("-")
     env = ray_serve_env(get_settings())
-    if variant:
-        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if variant == "tp" else "0"
+    if "tp" in flags or "default" in flags:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if "tp" in flags else "0"
     if ray.is_initialized():
         ray.shutdown()
     os.environ.update(env)  # Serve reads it at import, in the Ray processes started below
@@ -115,7 +138,7 @@ def serve_mode(mode: str, port: int) -> str:
     for _ in range(120):
         try:
             if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return url
+                return direct_targets("recstack") if "direct" in flags else [url]
         except requests.RequestException:
             pass
         time.sleep(1)
@@ -129,8 +152,9 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=["fused", "graph"],
-        help='graph | fused, optionally with "-tp" or "-default" to force RAY_SERVE_THROUGHPUT_OPTIMIZED on or off',
+        default=["fused", "fused-direct", "graph"],
+        help='graph | fused, optionally with "-direct" (skip the proxy) and "-tp" or "-default" (force '
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED on or off)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -139,11 +163,12 @@ def main() -> None:
     from ray import serve
 
     for mode in args.modes:
-        url = serve_mode(mode, free_port())
-        asyncio.run(constant_rate(url, users, 10, 5))  # warm-up
+        urls = serve_mode(mode, free_port())
+        figures[f"{mode}_targets"] = len(urls)
+        asyncio.run(constant_rate(urls, users, 10, 5))  # warm-up
         best = None
         for rate in args.rates:
-            result = asyncio.run(constant_rate(url, users, rate, args.seconds))
+            result = asyncio.run(constant_rate(urls, users, rate, args.seconds))
             figures[f"{mode}@{rate:g}rps"] = result
             if float(result["p99"]) < 100:  # type: ignore[arg-type]
                 best = rate

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -234,7 +235,7 @@ class Guard:
         endpoint = path if path in KNOWN_PATHS else "/items/{id}/similar" if path.startswith("/items/") else "other"
         status = {"code": 500, "sent": False}
 
-        async def send_counted(message: dict[str, Any]) -> None:
+        async def send_counted(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
             await send(message)
