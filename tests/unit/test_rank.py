@@ -17,12 +17,17 @@ from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 def training_layout(
     user: dict[str, Any], items: dict[str, np.ndarray], candidates: CandidateSet, ctx: RankContext
 ) -> pd.DataFrame:
-    """The frame as training sees it (Feast's full-name columns, on-demand views computed row-wise), built naively."""
+    """The frame as training sees it (Feast's full-name columns, on-demand views computed row-wise), built naively.
+    Array values are numpy arrays there (Feast's historical retrieval goes through pyarrow's to_pandas)."""
     n = len(candidates)
-    frame = pd.DataFrame({name: column for name, column in items.items()})
+
+    def as_arrow_would(value: Any) -> Any:
+        return np.asarray(value) if isinstance(value, list) else value
+
+    frame = pd.DataFrame({name: [as_arrow_would(v) for v in column] for name, column in items.items()})
     frame = frame.reindex(range(n))
     for name, value in user.items():
-        frame[name] = [value] * n if isinstance(value, list) else value
+        frame[name] = [as_arrow_would(value)] * n if isinstance(value, list) else value
     request = pd.DataFrame(
         {
             "hour_of_day": np.full(n, ctx.when.hour),
@@ -78,6 +83,8 @@ def test_fast_matrix_equals_the_training_layout() -> None:
         "user_features__like_ratio_30d",
         "item_features__popularity_7d",
         "item_features__domain",
+        "item_features__categories",
+        "user_features__affinity_categories",
         "context_features__hour_sin",
         "context_features__is_weekend",
         "context_features__ctx_device",
@@ -86,13 +93,19 @@ def test_fast_matrix_equals_the_training_layout() -> None:
         "user_item_features__seconds_since_last_event",
         *CANDIDATE_FEATURES,
     ]
-    categorical = ["item_features__domain", "context_features__ctx_device"]
+    categorical = [
+        "item_features__domain",
+        "item_features__categories",  # array values: categorical as numpy prints them, as pandas' astype(str) did
+        "user_features__affinity_categories",
+        "context_features__ctx_device",
+    ]
     ctx = RankContext(when=datetime(2026, 5, 2, 21, 30, tzinfo=UTC), device="tv")
     expected = model_input(training_layout(user, items, candidates, ctx), features, categorical)
     fast = model_matrix(user, items, candidates, ctx, features, categorical)
     pd.testing.assert_frame_equal(expected, fast, check_dtype=False)
     assert fast["user_item_features__category_affinity"].tolist() == [0.7, 0.3, 0.0, 0.0, 0.7, 0.0]
     assert fast["item_features__domain"].tolist()[1] == "missing"
+    assert fast["item_features__categories"].tolist()[4] == "['drama' 'x']"
 
 
 def test_one_user_crosses_equal_the_frame_version_feast_runs() -> None:
