@@ -38,4 +38,4 @@ class StageProgress:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self._tasks:
             self._tasks[stage] = self._progress.add_task(stage, total=total)
-        self._progress.update(self._tasks[stage], completed=done, total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)  # type: ignore[arg-type]

@@ -56,7 +56,7 @@ def transaction(dsn: str, timeout_s: float = 3.0) -> Iterator[psycopg.Connection
 def migration_files() -> list[tuple[str, str]]:
     """(version, sql) of every migration, in order; the version is the file name's numeric prefix."""
     folder = resources.files("recstack") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.split("_", 1)[0], p.read_text()) for p in files]
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Literal, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -186,12 +186,13 @@ class FeedbackSink:
                 conn.commit()
             finally:
                 conn.autocommit = True
-        if result.created and result.state is not None:
+        state = result.state
+        if result.created and state is not None:
             try:  # the event is durable already; a Redis outage only delays the real-time state
-                run_with_timeout(lambda: push_state(self.store, result.state), self.settings.connect_timeout_s)
+                run_with_timeout(lambda: push_state(self.store, state), self.settings.connect_timeout_s)
             except Exception:
                 metrics.FALLBACKS.labels("feedback_push_failed").inc()
-        status = "created" if result.created else "duplicate"
+        status: Literal["created", "duplicate"] = "created" if result.created else "duplicate"
         metrics.FEEDBACK.labels(status).inc()
         return FeedbackResult(event_id=event.event_id, status=status)
 
@@ -379,13 +380,17 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
 # -- Ray Serve --------------------------------------------------------------------------------------------------
 # Serve's per-request access log line costs CPU on every hop; /metrics counts requests per endpoint and status.
 # Turn it back on per deployment in the Serve config (logging_config.enable_access_log) when tracing by hand.
-LOGGING = {"enable_access_log": False}
-STAGE_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16, "logging_config": LOGGING}
-AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
+LOGGING: dict[str, Any] = {"enable_access_log": False}
+STAGE_OPTIONS: dict[str, Any] = {
+    "ray_actor_options": {"num_cpus": 0.1},
+    "max_ongoing_requests": 16,
+    "logging_config": LOGGING,
+}
+AUTOSCALING: dict[str, Any] = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
 # Fused: the whole pipeline is one replica's work (~20 ms of CPU per request here, mostly under the GIL), so one
 # replica saturates below 50 requests/s on its own; two use both cores (bench/bench_serving.py: @50 rps p50 689 ms
 # with one replica, 37 ms with two).
-FUSED_AUTOSCALING = {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8}
+FUSED_AUTOSCALING: dict[str, Any] = {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8}
 
 
 @serve.deployment(name="Retriever", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
@@ -497,17 +502,16 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         raise ValueError(f"invalid serve application args: {json.dumps(err.errors(), default=str)}") from err
     mode = config.mode or get_settings().serve_mode
     payload = config.model_dump(mode="json")
+    # serve.deployment turns each class into a Deployment; its type hints do not say so.
+    ingress, stages = cast(Any, Ingress), cast(Any, (RetrieverDeployment, LookupDeployment, RankerDeployment))
     if mode == "graph":
-        return Ingress.bind(
-            payload,
-            RetrieverDeployment.bind(),
-            LookupDeployment.bind(),
-            RankerDeployment.bind(),
-            RerankerDeployment.bind(),
+        retriever, lookup, ranker = stages
+        return ingress.bind(
+            payload, retriever.bind(), lookup.bind(), ranker.bind(), cast(Any, RerankerDeployment).bind()
         )
     if mode != "fused":
         raise ValueError(f"mode must be 'graph' or 'fused', got {mode!r}")
-    return Ingress.options(autoscaling_config=FUSED_AUTOSCALING).bind(payload)
+    return ingress.options(autoscaling_config=FUSED_AUTOSCALING).bind(payload)
 
 
 def local_backend(settings: Settings | None = None, config: AppConfig | None = None) -> Backend:

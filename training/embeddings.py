@@ -140,7 +140,9 @@ def train_embeddings(
         if progress:
             progress(epoch + 1, losses[-1])
     with torch.no_grad():
-        user = normalize(model.user.weight, dim=1).numpy().astype(np.float32).copy()
-        item = normalize(model.item.weight, dim=1).numpy().astype(np.float32).copy()
+        user_vectors = normalize(model.user.weight, dim=1).numpy().astype(np.float32).copy()
+        item_vectors = normalize(model.item.weight, dim=1).numpy().astype(np.float32).copy()
     trained = popularity > 0
-    return EmbeddingModel(user=user, item=item, item_popularity=popularity, trained_items=trained, losses=losses)
+    return EmbeddingModel(
+        user=user_vectors, item=item_vectors, item_popularity=popularity, trained_items=trained, losses=losses
+    )

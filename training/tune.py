@@ -112,4 +112,5 @@ def run_search(
         }
         for r in table.to_dict("records")
     ]
+    assert best.config is not None and best.metrics is not None  # a finished trial has both
     return TuneResult(best_config=dict(best.config), best_ndcg10=float(best.metrics["valid_ndcg10"]), trials=rows)

@@ -69,7 +69,7 @@ def update_content_vectors(
     """Encode the items whose text is new or changed; returns how many were encoded. One transaction per batch."""
     sync_item_rows(conn)
     conn.commit()
-    known = dict(conn.execute("SELECT item_id, content_hash FROM item_vectors").fetchall())
+    known: dict[int, str] = dict(conn.execute("SELECT item_id, content_hash FROM item_vectors").fetchall())
     todo = [(item_id, text) for item_id, text in item_texts(conn) if known.get(item_id) != _hash(text)]
     if not todo:
         return 0

@@ -178,7 +178,7 @@ class OnlineLookup:
         columns = self._read_items(ids)
         with self._lock:
             self._index = {item_id: i for i, item_id in enumerate(ids)}
-            self._columns = {name: np.append(column, None) for name, column in columns.items()}  # last: missing
+            self._columns = {name: _with_missing(column) for name, column in columns.items()}  # last: missing
             self._item_ids = ids
             self._version = version
             self._loaded_at = time.monotonic()
@@ -194,7 +194,7 @@ class OnlineLookup:
             self._columns = {
                 name: np.concatenate([self._columns[name][:-1], columns[name], np.array([None], dtype=object)])
                 if self._columns
-                else np.append(columns[name], None)
+                else _with_missing(columns[name])
                 for name in columns
             }
 
@@ -228,3 +228,8 @@ class OnlineLookup:
             positions = self._positions(item_ids)
             items = {name: column[positions] for name, column in self._columns.items()}
             return Lookup(user, items, list(item_ids), self._version)
+
+
+def _with_missing(column: np.ndarray) -> np.ndarray:
+    """The column with one more entry, None: the row unknown items read."""
+    return np.append(column, np.array([None], dtype=object))
