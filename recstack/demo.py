@@ -164,5 +164,8 @@ def demo(
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        import ray
+
+        ray.shutdown()  # disconnect before the local Ray goes away: exit handlers then have no dead GCS to wait on
         stop_local_ray(settings)
         console.print("API stopped")

@@ -6,6 +6,7 @@ cluster (RAY_ADDRESS) runs as many as it has cores, without code changes.
 
 from __future__ import annotations
 
+import logging
 import signal
 import tempfile
 import threading
@@ -17,6 +18,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from training.ranker import LOSSES, RankerData, train_ranker
+
+log = logging.getLogger("recstack.training")
 
 REPORT_EVERY = 25  # boosting rounds between intermediate reports (ASHA's rungs are counted in reports)
 
@@ -102,6 +105,7 @@ def run_search(
     finally:  # Tune installs its own Ctrl-C handler and leaves it: `recstack demo` then could not be stopped by Ctrl-C
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, interrupt)
+        _forget_trainables()
     best = results.get_best_result()
     table = results.get_dataframe()
     rows = [
@@ -114,3 +118,14 @@ def run_search(
     ]
     assert best.config is not None and best.metrics is not None  # a finished trial has both
     return TuneResult(best_config=dict(best.config), best_ndcg10=float(best.metrics["valid_ndcg10"]), trials=rows)
+
+
+def _forget_trainables() -> None:
+    """Remove the trainable Tune registered in Ray's KV store now, while Ray is up. Tune otherwise does it in an atexit
+    handler, which after `ray.shutdown()` (Ctrl-C on `recstack demo`) waited forever on the stopped GCS."""
+    from ray.tune.registry import _unregister_trainables
+
+    try:
+        _unregister_trainables()
+    except Exception as err:  # best effort: never fail a finished search over cleanup
+        log.warning("Tune trainables not unregistered (%s)", err)
