@@ -53,6 +53,7 @@ from serving.stages.rerank import RerankParams
 log = logging.getLogger("recstack.serving")
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"}
 KNOWN_PATHS = OPEN_PATHS | {"/recommend", "/feedback", "/feedback/batch"}
+TOO_BIG = f"request body larger than {MAX_BODY_BYTES} bytes"
 
 
 class AppConfig(BaseModel):
@@ -242,11 +243,8 @@ class Guard:
             await send(message)
 
         try:
-            refused = await self._refusal(scope, receive)
-            if isinstance(refused, JSONResponse):
-                await refused(scope, receive, send_counted)
-                return
-            await self.app(scope, refused or receive, send_counted)
+            refused, receive = await self._checked(scope, receive)
+            await (refused or self.app)(scope, receive, send_counted)
         except Exception:  # never a bare 500 page: a JSON error without internals
             log.exception("unhandled error on %s", path)
             if not status["sent"]:
@@ -255,27 +253,25 @@ class Guard:
             metrics.RESPONSES.labels(endpoint, str(status["code"])).inc()
             metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 
-    async def _refusal(self, scope: dict[str, Any], receive: Any) -> JSONResponse | Any:
-        """A 401/413 response, or a ``receive`` replaying the body read to measure it, or None (nothing to check)."""
+    async def _checked(self, scope: dict[str, Any], receive: Any) -> tuple[JSONResponse | None, Any]:
+        """(a 401/413 answer or None, the ``receive`` for the app: one replaying the body read to measure it)."""
         headers = dict(scope["headers"])
         if self.api_key and scope["path"] not in OPEN_PATHS and headers.get(b"x-api-key") != self.api_key:
-            return _error(401, "missing or wrong X-API-Key header")
-        too_big = _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            return _error(401, "missing or wrong X-API-Key header"), receive
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return too_big
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            return None
+        too_big = length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES)
+        if too_big or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return (_error(413, TOO_BIG) if too_big else None), receive
         chunks, size, more = [], 0, True
         while more:  # chunked bodies have no content-length: measure what arrives, stop at the limit
             message = await receive()
             if message["type"] != "http.request":
-                return receive  # the client went away: let the app see the disconnect
+                return None, receive  # the client went away: let the app see the disconnect
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > MAX_BODY_BYTES:
-                return too_big
+                return _error(413, TOO_BIG), receive
         body, replayed = b"".join(chunks), False
 
         async def replay() -> dict[str, Any]:
@@ -285,7 +281,7 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return replay
+        return None, replay
 
 
 def create_api(backend: Backend, settings: Settings) -> FastAPI:

@@ -234,10 +234,8 @@ class Ranker:
         rows: list[int],
     ) -> list[list[str]]:
         """Top feature contributions (SHAP) of the model for the given candidate rows (the slate)."""
-        import pandas as pd
-
         _, model, columns, features, categorical = self._matrix(user, items, candidates, ctx, version)
-        return contributions(model, pd.DataFrame(columns), features, categorical, rows)
+        return contributions(model, columns, features, categorical, rows)
 
     def ready(self) -> bool:
         return self.model(None) is not None

@@ -66,18 +66,6 @@ def _categorical(column: np.ndarray) -> np.ndarray:
     return np.array([_as_category(v) for v in column], dtype=object)
 
 
-def model_matrix(
-    user: dict[str, Any],
-    items: dict[str, np.ndarray],
-    candidates: CandidateSet,
-    ctx: RankContext,
-    features: list[str],
-    categorical: list[str],
-) -> pd.DataFrame:
-    """``model_columns`` as a frame (what explanations and the equality test use)."""
-    return pd.DataFrame(model_columns(user, items, candidates, ctx, features, categorical))
-
-
 def model_columns(
     user: dict[str, Any],
     items: dict[str, np.ndarray],
@@ -159,12 +147,18 @@ def score(model: Any, columns: dict[str, np.ndarray], categorical: list[str]) ->
 
 
 def contributions(
-    model: Any, matrix: pd.DataFrame, features: list[str], categorical: list[str], rows: list[int], top: int = 3
+    model: Any,
+    columns: dict[str, np.ndarray],
+    features: list[str],
+    categorical: list[str],
+    rows: list[int],
+    top: int = 3,
 ) -> list[list[str]]:
     """Top feature contributions (SHAP values) for the given rows, as 'feature +0.12' strings."""
     from catboost import Pool
 
-    shap = model.get_feature_importance(Pool(matrix.iloc[rows], cat_features=categorical), type="ShapValues")
+    slate = pd.DataFrame({name: column[rows] for name, column in columns.items()})
+    shap = model.get_feature_importance(Pool(slate, cat_features=categorical), type="ShapValues")
     out = []
     for row in shap:
         order = np.argsort(-np.abs(row[:-1]))[:top]

@@ -1,4 +1,4 @@
-"""The serving feature matrix equals the training one: ``model_matrix`` (fast path) == ``model_input(training_layout)``
+"""The serving feature matrix equals the training one: ``model_columns`` (fast path) == ``model_input(training_layout)``
 (the frame laid out like Feast's training join), including missing values, categoricals and on-demand features."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from recstack.features import transforms
-from serving.stages.rank import RankContext, model_input, model_matrix
+from serving.stages.rank import RankContext, model_columns, model_input
 from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 
 
@@ -101,7 +101,7 @@ def test_fast_matrix_equals_the_training_layout() -> None:
     ]
     ctx = RankContext(when=datetime(2026, 5, 2, 21, 30, tzinfo=UTC), device="tv")
     expected = model_input(training_layout(user, items, candidates, ctx), features, categorical)
-    fast = model_matrix(user, items, candidates, ctx, features, categorical)
+    fast = pd.DataFrame(model_columns(user, items, candidates, ctx, features, categorical))
     pd.testing.assert_frame_equal(expected, fast, check_dtype=False)
     assert fast["user_item_features__category_affinity"].tolist() == [0.7, 0.3, 0.0, 0.0, 0.7, 0.0]
     assert fast["item_features__domain"].tolist()[1] == "missing"
