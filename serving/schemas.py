@@ -1,5 +1,8 @@
 """HTTP request and response bodies, named by role. Validation here is the API's first line of defence:
-ids are non-empty, at most 128 characters, without control characters; unknown fields are refused (422)."""
+ids are non-empty, at most 128 characters, without control characters; unknown fields are refused (422).
+
+FastAPI validates bodies in pydantic's Python mode (the JSON is decoded first), where a strict ``datetime`` refuses
+every string: times are therefore parsed here (``Timestamp``), the rest of each model stays strict."""
 
 from __future__ import annotations
 
@@ -7,7 +10,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 EventType = Literal["view", "click", "like", "dislike", "rating", "purchase", "skip"]
 Domain = Literal["movies", "products", "music", "articles"]
@@ -25,6 +37,35 @@ ExternalId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False), AfterValidator(_no_control_chars)
 ]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars)]
+_UNIX_SECONDS = re.compile(r"^[+-]?\d+(\.\d*)?$")
+TIME_FORMATS = "an ISO-8601 time (2026-11-30T10:00:00Z, an offset, or no zone = UTC) or unix seconds"
+
+
+def _parse_time(value: object) -> object:
+    """ISO-8601 strings (``Z``, an offset or no zone) and unix seconds (a number or a numeric string) as datetimes.
+
+    Numbers are always seconds: pydantic's lax parser would read values past 2e10 as milliseconds.
+    """
+    if isinstance(value, datetime) or value is None:
+        return value
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str) and _UNIX_SECONDS.match(value.strip()):
+            return datetime.fromtimestamp(float(value), UTC)
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.strip())
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise ValueError(f"expected {TIME_FORMATS}, got {value!r}"[:200])
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# A point in time from a JSON body; always timezone-aware (no zone = UTC, never the server's local time).
+Timestamp = Annotated[datetime, BeforeValidator(_parse_time), AfterValidator(_aware)]
 
 
 class StrictModel(BaseModel):
@@ -38,7 +79,9 @@ class RequestContext(StrictModel):
 
     device: Literal["mobile", "desktop", "tv", "tablet"] | None = None
     locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(_[A-Z]{2})?$")] | None = None
-    timestamp: datetime | None = Field(default=None, description="Defaults to the time the request arrives.")
+    timestamp: Timestamp | None = Field(
+        default=None, description=f"Defaults to the time the request arrives; {TIME_FORMATS}."
+    )
 
 
 class RecommendFilters(StrictModel):
@@ -100,16 +143,19 @@ class FeedbackEvent(StrictModel):
     type: EventType
     value: float | None = Field(default=None, ge=1, le=5)
     request_id: ExternalId | None = None
-    occurred_at: datetime | None = None
+    occurred_at: Timestamp | None = Field(default=None, description=f"Defaults to now; {TIME_FORMATS}.")
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _not_in_the_future(cls, when: datetime | None) -> datetime | None:
+        if when is not None and when > datetime.now(UTC) + timedelta(minutes=5):
+            raise ValueError("is in the future")
+        return when
 
     @model_validator(mode="after")
-    def _check_value_and_time(self) -> FeedbackEvent:
+    def _check_value(self) -> FeedbackEvent:
         if self.type == "rating" and self.value is None:
             raise ValueError("value is required for rating events (1..5)")
-        if self.occurred_at is not None:
-            when = self.occurred_at if self.occurred_at.tzinfo else self.occurred_at.replace(tzinfo=UTC)
-            if when > datetime.now(UTC) + timedelta(minutes=5):
-                raise ValueError("occurred_at is in the future")
         return self
 
 
