@@ -10,22 +10,23 @@ from rich.table import Table
 from recstack import db, stack
 from recstack.console import StageProgress, console, progress_bars
 from recstack.ingest.loader import LoadReport, load_batch
+from recstack.ingest.movielens import DEFAULT_ID_PREFIX
 from recstack.ingest.records import Batch
 from recstack.settings import get_settings
 
 ingest_app = typer.Typer(help="Load users, items and events into Postgres (idempotent, atomic).", no_args_is_help=True)
 
 
-def run_load(batch: Batch, source: str) -> LoadReport:
-    """Load ``batch`` into the configured Postgres with progress bars, then print the summary table."""
+def run_load(batch: Batch, source: str, notes: list[str] | None = None) -> LoadReport:
+    """Load ``batch`` into the configured Postgres with progress bars, then print the summary table and ``notes``."""
     settings = get_settings()
     with db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s) as conn, progress_bars() as progress:
         report = load_batch(conn, batch, source, StageProgress(progress))
-    print_report(report)
+    print_report(report, notes)
     return report
 
 
-def print_report(report: LoadReport) -> None:
+def print_report(report: LoadReport, notes: list[str] | None = None) -> None:
     table = Table(
         "source", "rows read", "users", "items", "events", "duplicates", "rejected", "time", title="ingest summary"
     )
@@ -40,6 +41,8 @@ def print_report(report: LoadReport) -> None:
         f"{report.seconds:.1f} s",
     )
     console.print(table)
+    for note in notes or []:
+        console.print(note, markup=False, highlight=False)
     if report.rejects:
         console.print(f"[yellow]first {len(report.rejects)} of {report.rejected:,} rejected rows:[/]")
         for reject in report.rejects:
@@ -73,13 +76,22 @@ def synthetic(
 @ingest_app.command()
 def movielens(
     path: Path = typer.Argument(..., exists=True, file_okay=False, help="Unzipped MovieLens folder."),
+    id_prefix: str = typer.Option(
+        DEFAULT_ID_PREFIX,
+        help="Namespace of the ids: user 1 becomes <prefix>u1, movie 1 <prefix>m1 (default ml-u1, ml-m1, as earlier "
+        "imports stored them); '' keeps MovieLens's numbers (user 1 is user_id \"1\").",
+    ),
 ) -> None:
     """Import MovieLens 100K, 1M or latest(-small); ratings become `rating` events, genres categories."""
-    from recstack.ingest.movielens import read_movielens
+    from recstack.ingest.movielens import IdMapping, read_movielens
 
+    try:
+        ids = IdMapping(id_prefix)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--id-prefix") from None
     with console.status(f"reading {path}"):
-        batch = read_movielens(path)
-    run_load(batch, str(path))
+        batch = read_movielens(path, ids)
+    run_load(batch, str(path), ids.describe())
 
 
 @ingest_app.command()

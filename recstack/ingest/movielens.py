@@ -2,13 +2,15 @@
 
 Formats are GroupLens's published ones. Ratings become ``rating`` events (half-star scales mapped linearly onto
 1..5, the raw value kept in the context), genres become categories, domain ``movies``. MovieLens has no studio or
-distributor column, so every movie gets the provider ``movielens``. Ids are namespaced (``ml-u1``, ``ml-m1``) so they
-never collide with other sources, and event ids are derived from (user, movie, time): re-imports add nothing.
+distributor column, so every movie gets the provider ``movielens``. Ids are namespaced by default (user ``1`` becomes
+``ml-u1``, movie ``1`` becomes ``ml-m1``) so they never collide with other sources; ``IdMapping`` says how (an empty
+prefix keeps MovieLens's own numbers). Event ids are derived from (prefix, user, movie, time): re-imports add nothing.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,46 @@ LAYOUTS = [
     Layout("ml-1m", "ratings.dat", "movies.dat", "users.dat", "::", "::", "latin-1", False),
     Layout("ml-latest", "ratings.csv", "movies.csv", None, ",", ",", "utf-8", True),
 ]
+DEFAULT_ID_PREFIX = "ml-"
+_PREFIX = re.compile(r"^[\x21-\x7e]{0,32}$")  # printable ASCII, no spaces: ids stay easy to type in a request
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    """MovieLens's numeric ids as external ids: ``<prefix>u<n>`` for users and ``<prefix>m<n>`` for movies (``ml-``
+    by default, what earlier imports stored), or the numbers themselves when the prefix is empty."""
+
+    prefix: str = DEFAULT_ID_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ValueError(f"id prefix {self.prefix!r}: use at most 32 printable ASCII characters without spaces")
+
+    def _ids(self, kind: str, numbers: pd.Series) -> pd.Series:
+        text = numbers.astype("Int64").astype(str)
+        return (self.prefix + kind + text) if self.prefix else text
+
+    def users(self, numbers: pd.Series) -> pd.Series:
+        return self._ids("u", numbers)
+
+    def movies(self, numbers: pd.Series) -> pd.Series:
+        return self._ids("m", numbers)
+
+    def events(self, users: pd.Series, movies: pd.Series, times: pd.Series) -> pd.Series:
+        """``<prefix><user>-<movie>-<unix time>``: ``ml-1-31-874724710`` by default, as earlier imports stored."""
+        text = [numbers.astype("Int64").astype(str) for numbers in (users, movies, times)]
+        return self.prefix + text[0] + "-" + text[1] + "-" + text[2]
+
+    def describe(self) -> list[str]:
+        """How ids were mapped, for the import summary."""
+        one = pd.Series([1])
+        return [
+            f"user ids: 1 -> {self.users(one).iloc[0]}",
+            f"movie ids: 1 -> {self.movies(one).iloc[0]}",
+            "(choose with --id-prefix; --id-prefix '' keeps MovieLens's numbers)",
+        ]
+
+
 SUPPORTED = (
     "ml-100k: u.data, u.item (u.user optional); ml-1m: ratings.dat, movies.dat (users.dat optional); "
     "ml-latest / ml-latest-small: ratings.csv, movies.csv"
@@ -124,7 +166,7 @@ def _ints(column: pd.Series) -> pd.Series:
     return pd.to_numeric(column.str.strip(), errors="coerce")
 
 
-def _ratings(file: Path, layout: Layout, known_movies: set[str]) -> tuple[pd.DataFrame, list[Reject]]:
+def _ratings(file: Path, layout: Layout, known_movies: set[str], ids: IdMapping) -> tuple[pd.DataFrame, list[Reject]]:
     raw, rejects = _read_lines(file, layout, 4, layout.sep)
     user, movie = _ints(raw[0]), _ints(raw[1])
     rating, ts = pd.to_numeric(raw[2].str.strip(), errors="coerce"), _ints(raw[3])
@@ -140,24 +182,19 @@ def _ratings(file: Path, layout: Layout, known_movies: set[str]) -> tuple[pd.Dat
         new = mask & ~bad
         rejects += [Reject(file.name, int(n), reason) for n in raw.index[new]]
         bad |= mask
-    movie_ext = "ml-m" + movie.astype("Int64").astype(str)
+    movie_ext = ids.movies(movie)
     unknown = ~bad & ~movie_ext.isin(known_movies)
     rejects += [
         Reject(file.name, int(n), f"movie id {movie[n]:.0f}: not in the movies file") for n in raw.index[unknown]
     ]
     good = ~(bad | unknown)
-    user_ext = "ml-u" + user[good].astype("Int64").astype(str)
+    user_ext = ids.users(user[good])
     value = rating[good].astype(float)
     mapped = 1.0 + (value - low) * 4.0 / (high - low) if low != 1.0 else value
     context = value.map(lambda v: json.dumps({"raw_rating": v})) if low != 1.0 else pd.Series("{}", index=value.index)
     events = pd.DataFrame(
         {
-            "event_id": "ml-"
-            + user_ext.str[4:]
-            + "-"
-            + movie_ext[good].str[4:]
-            + "-"
-            + ts[good].astype("Int64").astype(str),
+            "event_id": ids.events(user[good], movie[good], ts[good]),
             "user_external_id": user_ext,
             "item_external_id": movie_ext[good],
             "event_type": "rating",
@@ -171,7 +208,7 @@ def _ratings(file: Path, layout: Layout, known_movies: set[str]) -> tuple[pd.Dat
     return events[EVENT_COLUMNS], rejects
 
 
-def _movies(file: Path, layout: Layout, genre_names: list[str]) -> tuple[pd.DataFrame, list[Reject]]:
+def _movies(file: Path, layout: Layout, genre_names: list[str], ids: IdMapping) -> tuple[pd.DataFrame, list[Reject]]:
     if layout.name == "ml-100k":
         raw, rejects = _read_lines(file, layout, 5 + len(genre_names), layout.meta_sep)
         flags = raw[list(range(5, 5 + len(genre_names)))].to_numpy() == "1"
@@ -189,7 +226,7 @@ def _movies(file: Path, layout: Layout, genre_names: list[str]) -> tuple[pd.Data
     year = title.str.extract(r"\((\d{4})\)\s*$")[0]
     items = pd.DataFrame(
         {
-            "external_id": "ml-m" + movie[~bad].astype("Int64").astype(str),
+            "external_id": ids.movies(movie[~bad]),
             "domain": "movies",
             "title": title[~bad],
             "categories": pd.Series(genres, index=raw.index)[~bad],
@@ -210,7 +247,7 @@ def _movies(file: Path, layout: Layout, genre_names: list[str]) -> tuple[pd.Data
     return items.drop_duplicates("external_id"), rejects
 
 
-def _users(file: Path | None, layout: Layout, events: pd.DataFrame) -> pd.DataFrame:
+def _users(file: Path | None, layout: Layout, events: pd.DataFrame, ids: IdMapping) -> pd.DataFrame:
     """Users of the ratings (created at their first rating) plus any listed only in the users file."""
     first_seen = events.groupby("user_external_id")["occurred_at"].min()
     users = pd.DataFrame({"external_id": first_seen.index, "created_at": first_seen.to_numpy()})
@@ -221,28 +258,35 @@ def _users(file: Path | None, layout: Layout, events: pd.DataFrame) -> pd.DataFr
             if layout.name == "ml-100k"
             else ["gender", "age_group", "occupation", "zip"]
         )
+        raw = raw[_ints(raw[0]).notna()]
         listed = pd.DataFrame(
             {
-                "external_id": ("ml-u" + _ints(raw[0]).astype("Int64").astype(str)).to_numpy(),
+                "external_id": ids.users(_ints(raw[0])).to_numpy(),
                 "attributes": [json.dumps(dict(zip(names, row, strict=True))) for row in raw[[1, 2, 3, 4]].to_numpy()],
             }
         ).drop_duplicates("external_id")
-        users = users.merge(listed[listed["external_id"] != "ml-u<NA>"], on="external_id", how="outer")
+        users = users.merge(listed, on="external_id", how="outer")
     if "attributes" not in users:
         users["attributes"] = "{}"
     users["attributes"] = users["attributes"].fillna("{}")
     return users[USER_COLUMNS]
 
 
-def read_movielens(path: Path) -> Batch:
-    """Parse a MovieLens folder into a Batch; malformed lines become Rejects with file and line number."""
+def read_movielens(path: Path, ids: IdMapping | None = None) -> Batch:
+    """Parse a MovieLens folder into a Batch; malformed lines become Rejects with file and line number.
+
+    Args:
+        path: the unzipped MovieLens folder (or the folder holding it).
+        ids: how MovieLens's numbers become external ids; ``ml-u1`` / ``ml-m1`` by default.
+    """
+    ids = ids or IdMapping()
     layout, folder = detect_layout(path)
     genre_names = ML100K_GENRES
     if layout.name == "ml-100k" and (folder / "u.genre").is_file():
         listed = [ln.split("|")[0] for ln in (folder / "u.genre").read_text(encoding="latin-1").splitlines() if ln]
         genre_names = listed or ML100K_GENRES
-    items, rejects = _movies(folder / layout.movies, layout, genre_names)
-    events, rating_rejects = _ratings(folder / layout.ratings, layout, set(items["external_id"]))
+    items, rejects = _movies(folder / layout.movies, layout, genre_names, ids)
+    events, rating_rejects = _ratings(folder / layout.ratings, layout, set(items["external_id"]), ids)
     rejects += rating_rejects
     too_long = (events["user_external_id"].str.len() > MAX_ID_LEN) | (events["event_id"].str.len() > MAX_ID_LEN)
     rejects += [
@@ -254,6 +298,6 @@ def read_movielens(path: Path) -> Batch:
     first_rating = events.groupby("item_external_id")["occurred_at"].min()
     fallback = items["external_id"].map(first_rating)
     items["created_at"] = items["created_at"].fillna(fallback)
-    users = _users(folder / layout.users if layout.users else None, layout, events)
+    users = _users(folder / layout.users if layout.users else None, layout, events, ids)
     rows_read = len(items) + len(events) + len(rejects)
     return Batch(users=users, items=items[ITEM_COLUMNS], events=events, rejects=rejects, rows_read=rows_read)

@@ -80,3 +80,20 @@ def test_events_file_import_rejects_unknown_items_by_line(clean_db: Settings, tm
     assert "events.csv:3: item_id: unknown item 'ml-m99999'" in result.stdout
     with psycopg.connect(stack.postgres_dsn(clean_db)) as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE external_id = 'brand-new-user'").fetchone() == (1,)
+
+
+def test_id_prefix_choice_is_stored_and_shown_in_the_summary(clean_db: Settings, tmp_path: Path) -> None:
+    folder = write_movielens_100k(tmp_path / "ml-100k", users=20, items=30, ratings=200)
+    default = cli("ingest", "movielens", str(folder))
+    assert default.returncode == 0, default.stderr
+    assert "user ids: 1 -> ml-u1" in default.stdout and "movie ids: 1 -> ml-m1" in default.stdout
+    plain = cli("ingest", "movielens", "--id-prefix", "", str(folder))
+    assert plain.returncode == 0, plain.stderr
+    assert "user ids: 1 -> 1" in plain.stdout
+    with psycopg.connect(stack.postgres_dsn(clean_db)) as conn:
+        users = {r[0] for r in conn.execute("SELECT external_id FROM users")}
+        rated = conn.execute("SELECT count(*) FROM events e JOIN users u USING (user_id) WHERE u.external_id = '1'")
+        assert rated.fetchone() == (sum(1 for line in (folder / "u.data").open() if line.split("\t")[0] == "1"),)
+    assert {"1", "ml-u1"} <= users
+    refused = cli("ingest", "movielens", "--id-prefix", "a b", str(folder))
+    assert refused.returncode == 2 and "--id-prefix" in refused.stderr

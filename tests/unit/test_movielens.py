@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recstack.ingest.fixtures import corrupt_lines, write_movielens_1m, write_movielens_100k, write_movielens_latest
-from recstack.ingest.movielens import detect_layout, read_movielens
+from recstack.ingest.movielens import IdMapping, detect_layout, read_movielens
 from recstack.ingest.records import SourceFormatError
 
 
@@ -64,3 +64,28 @@ def test_latest_half_stars_map_onto_1_to_5_and_keep_the_raw_value(tmp_path: Path
 def test_latin1_titles_are_decoded(ml100k: Path) -> None:
     titles = read_movielens(ml100k).items["title"]
     assert titles.str.contains("Café").any() and titles.str.contains("Amélie").any()
+
+
+def test_default_ids_are_the_namespaced_ones_earlier_imports_stored(tmp_path: Path) -> None:
+    batch = read_movielens(write_movielens_1m(tmp_path / "ml-1m", users=5, items=8, ratings=20))
+    assert set(batch.users["external_id"]) == {f"ml-u{n}" for n in range(1, 6)}
+    assert set(batch.items["external_id"]) == {f"ml-m{n}" for n in range(1, 9)}
+    first = batch.events.iloc[0]
+    user, movie = first["user_external_id"][4:], first["item_external_id"][4:]
+    assert first["event_id"] == f"ml-{user}-{movie}-{int(first['occurred_at'].timestamp())}"
+
+
+def test_an_empty_id_prefix_keeps_movielens_numbers(tmp_path: Path) -> None:
+    batch = read_movielens(write_movielens_1m(tmp_path / "ml-1m", users=5, items=8, ratings=20), IdMapping(""))
+    assert set(batch.users["external_id"]) == {str(n) for n in range(1, 6)}  # also users only in users.dat
+    assert set(batch.items["external_id"]) == {str(n) for n in range(1, 9)}
+    assert set(batch.events["user_external_id"]) <= set(batch.users["external_id"])
+    assert batch.events["event_id"].is_unique and not batch.events["event_id"].str.startswith("ml-").any()
+    assert IdMapping("").describe()[0] == "user ids: 1 -> 1"
+    assert IdMapping("lens/").describe()[:2] == ["user ids: 1 -> lens/u1", "movie ids: 1 -> lens/m1"]
+
+
+@pytest.mark.parametrize("prefix", ["has space", "tab\t", "x" * 33])
+def test_an_unusable_id_prefix_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="id prefix"):
+        IdMapping(prefix)
