@@ -7,7 +7,7 @@ every string: times are therefore parsed here (``Timestamp``), the rest of each 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from recstack.ingest.rules import EARLIEST_EVENT, FUTURE_TOLERANCE, RATING_MAX, RATING_MIN
 
 EventType = Literal["view", "click", "like", "dislike", "rating", "purchase", "skip"]
 Domain = Literal["movies", "products", "music", "articles"]
@@ -141,21 +143,24 @@ class FeedbackEvent(StrictModel):
     user_id: ExternalId
     item_id: ExternalId
     type: EventType
-    value: float | None = Field(default=None, ge=1, le=5)
+    value: float | None = Field(default=None, ge=RATING_MIN, le=RATING_MAX)
     request_id: ExternalId | None = None
     occurred_at: Timestamp | None = Field(default=None, description=f"Defaults to now; {TIME_FORMATS}.")
 
     @field_validator("occurred_at")
     @classmethod
-    def _not_in_the_future(cls, when: datetime | None) -> datetime | None:
-        if when is not None and when > datetime.now(UTC) + timedelta(minutes=5):
-            raise ValueError("is in the future")
+    def _storable_time(cls, when: datetime | None) -> datetime | None:
+        """The events' row rules (recstack/ingest/rules.py), which the validation gate checks on stored events."""
+        if when is not None and when > datetime.now(UTC) + FUTURE_TOLERANCE:
+            raise ValueError(f"is more than {FUTURE_TOLERANCE.total_seconds() / 60:g} minutes in the future")
+        if when is not None and when < EARLIEST_EVENT:
+            raise ValueError(f"is before {EARLIEST_EVENT:%Y-%m-%d}")
         return when
 
     @model_validator(mode="after")
     def _check_value(self) -> FeedbackEvent:
         if self.type == "rating" and self.value is None:
-            raise ValueError("value is required for rating events (1..5)")
+            raise ValueError(f"value is required for rating events ({RATING_MIN:g}..{RATING_MAX:g})")
         return self
 
 

@@ -32,6 +32,7 @@ class SuiteResult:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rows: dict[str, list[str]] = field(default_factory=dict)  # failure -> a few offending rows (``show_rows``)
 
 
 def _describe(result: Any, metric: bool = False) -> str:
@@ -76,17 +77,9 @@ def _docs_site(context: Any, docs_dir: Path) -> None:
 
 
 def _validations(context: Any, datasource: Any, spec: SuiteSpec) -> list[Any]:
-    """The validation definitions of one suite: column rules on the table, each query asset with its rules."""
+    """The validation definitions of one suite: column rules on the table, metric rules on its aggregate query."""
     parts: list[tuple[str, Any, list[gxe.Expectation]]] = []
     parts.append((spec.name, datasource.add_table_asset(name=spec.name, table_name=spec.table), spec.column_rules))
-    for name, query in spec.rows_sql.items():
-        parts.append(
-            (
-                f"{spec.name}.{name}",
-                datasource.add_query_asset(name=f"{spec.name}_{name}", query=query),
-                spec.rows_rules[name],
-            )
-        )
     if spec.metrics_sql:
         rules: list[gxe.Expectation] = [
             gxe.ExpectColumnValuesToBeBetween(column=metric, min_value=low, max_value=high)
@@ -104,8 +97,27 @@ def _validations(context: Any, datasource: Any, spec: SuiteSpec) -> list[Any]:
     return definitions
 
 
-def run_suites(settings: Settings, names: list[str] | None = None, docs_dir: Path | None = None) -> list[SuiteResult]:
-    """Validate the named suites (all by default); optionally render Data Docs HTML into ``docs_dir``."""
+def offending_rows(dsn: str, timeout_s: float, spec: SuiteSpec, metric: str, limit: int) -> list[str]:
+    """Up to ``limit`` rows that a row-counting metric of ``spec`` counted, as ``column=value, ...`` lines."""
+    condition = spec.row_conditions[metric]
+    query = f"SELECT {spec.row_columns} FROM {spec.rows_from} WHERE {condition} LIMIT %s"  # noqa: S608 (constants)
+    with psycopg.connect(dsn, connect_timeout=max(1, round(timeout_s))) as conn:
+        cursor = conn.execute(query, (limit,))
+        names = [column.name for column in cursor.description or []]
+        return [", ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def run_suites(
+    settings: Settings, names: list[str] | None = None, docs_dir: Path | None = None, show_rows: int = 0
+) -> list[SuiteResult]:
+    """Validate the named suites (all by default); optionally render Data Docs HTML into ``docs_dir``.
+
+    Args:
+        settings: where the stores are.
+        names: suites to run (``all_specs()`` keys); all when None.
+        docs_dir: write Data Docs HTML there when set.
+        show_rows: list up to this many offending rows of each failed row-counting metric in ``SuiteResult.rows``.
+    """
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     specs = all_specs()
     unknown = sorted(set(names or []) - set(specs))
@@ -135,8 +147,13 @@ def run_suites(settings: Settings, names: list[str] | None = None, docs_dir: Pat
             for item in run.results:
                 result.evaluated += 1
                 if not item.success:
+                    metric = definition.name.endswith(".metrics")
                     result.failed += 1
-                    result.failures.append(_describe(item, metric=definition.name.endswith(".metrics")))
+                    result.failures.append(_describe(item, metric=metric))
+                    column = item.expectation_config.kwargs.get("column")
+                    if show_rows and metric and column in spec.row_conditions:
+                        timeout = settings.connect_timeout_s
+                        result.rows[result.failures[-1]] = offending_rows(dsn, timeout, spec, column, show_rows)
         result.status = "failed" if result.failed else "passed"
         result.seconds = time.perf_counter() - started
         results.append(result)
@@ -163,4 +180,4 @@ def require_pass(settings: Settings, suites: list[str], force: bool) -> list[Sui
     if force:
         err_console.print(f"[yellow]warning (--force):[/] {message}", markup=True)
         return results
-    raise ValidationFailed(message + "\nfix the data (see `recstack validate`) or pass --force")
+    raise ValidationFailed(message + "\nfix the data (`recstack validate --show-rows` lists bad rows) or pass --force")

@@ -1,9 +1,10 @@
 """Great Expectations suites for the catalog, the events and the feature tables.
 
 Column rules use GX's own expectations on table assets. Rules that span rows or tables (orphans, duplicates,
-timestamps in the future, freshness, coverage) are computed by one aggregate query per table (a query asset with a
-single row of named metrics) and checked with ``ExpectColumnValuesToBeBetween``: one scan of 5M events instead of
-one per rule, and each failure still names its rule.
+freshness, coverage) and the events' row rules (times, rating values: ``recstack.ingest.rules``, which the importers
+apply too) are computed by one aggregate query per table (a query asset with a single row of named metrics) and
+checked with ``ExpectColumnValuesToBeBetween``: one scan of 5M events instead of one per rule, and each failure still
+names its rule. A metric counted over rows has its condition in ``row_conditions``, so the gate can list those rows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ from dataclasses import dataclass, field
 import great_expectations.expectations as gxe
 
 from recstack.ingest.records import DOMAINS, EVENT_TYPES, MAX_ID_LEN
+from recstack.ingest.rules import EVENT_ROW_RULES, RATING_MAX, RATING_MIN
+
+EVENTS_JOINED = "events e LEFT JOIN users u ON u.user_id = e.user_id LEFT JOIN items i ON i.item_id = e.item_id"
+# What `recstack validate --show-rows` prints of an offending event: its ids (the stores' key when unknown) and values.
+EVENT_ROW_COLUMNS = (
+    "e.event_id, coalesce(u.external_id, 'unknown key ' || e.user_id) AS user_id, "
+    "coalesce(i.external_id, 'unknown key ' || e.item_id) AS item_id, e.event_type, e.value, e.occurred_at"
+)
+# Each metric of the events query that counts rows: its condition over EVENTS_JOINED.
+EVENT_ROW_CONDITIONS = {
+    **{rule.name: rule.condition for rule in EVENT_ROW_RULES},
+    "events_with_unknown_user": "u.user_id IS NULL",
+    "events_with_unknown_item": "i.item_id IS NULL",
+}
 
 
 @dataclass
@@ -24,8 +39,11 @@ class SuiteSpec:
     column_rules: list[gxe.Expectation] = field(default_factory=list)
     metrics_sql: str | None = None
     metric_bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
-    rows_sql: dict[str, str] = field(default_factory=dict)  # extra query assets: name -> query
-    rows_rules: dict[str, list[gxe.Expectation]] = field(default_factory=dict)
+    # Metrics that count offending rows: metric -> SQL condition over ``rows_from``, whose ``row_columns`` the gate
+    # shows for a failed metric (`recstack validate --show-rows`).
+    rows_from: str | None = None
+    row_columns: str = "*"
+    row_conditions: dict[str, str] = field(default_factory=dict)
 
 
 def _id_rules(column: str) -> list[gxe.Expectation]:
@@ -34,6 +52,13 @@ def _id_rules(column: str) -> list[gxe.Expectation]:
         gxe.ExpectColumnValuesToBeUnique(column=column),
         gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1, max_value=MAX_ID_LEN),
     ]
+
+
+def _events_metrics_sql() -> str:
+    """One scan of the events counting the rows that break each row rule, and the duplicate ids."""
+    counts = [f"count(*) FILTER (WHERE {c}) AS {name}" for name, c in EVENT_ROW_CONDITIONS.items()]
+    counts.append("count(*) - count(DISTINCT e.event_id) AS duplicate_event_ids")
+    return f"SELECT {', '.join(counts)} FROM {EVENTS_JOINED}"  # noqa: S608 (constant SQL fragments only)
 
 
 def catalog_specs() -> list[SuiteSpec]:
@@ -65,30 +90,11 @@ def catalog_specs() -> list[SuiteSpec]:
                 gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
                 gxe.ExpectTableRowCountToBeBetween(min_value=1),
             ],
-            rows_sql={"rating_values": "SELECT value FROM events WHERE event_type = 'rating'"},
-            rows_rules={
-                "rating_values": [
-                    gxe.ExpectColumnValuesToNotBeNull(column="value"),
-                    gxe.ExpectColumnValuesToBeBetween(column="value", min_value=1, max_value=5),
-                ]
-            },
-            metrics_sql="""
-                SELECT
-                  count(*) FILTER (WHERE e.occurred_at > now() + interval '5 minutes') AS events_in_future,
-                  count(*) FILTER (WHERE e.occurred_at < '1990-01-01') AS events_before_1990,
-                  count(*) FILTER (WHERE u.user_id IS NULL) AS events_with_unknown_user,
-                  count(*) FILTER (WHERE i.item_id IS NULL) AS events_with_unknown_item,
-                  count(*) - count(DISTINCT e.event_id) AS duplicate_event_ids
-                FROM events e
-                LEFT JOIN users u ON u.user_id = e.user_id
-                LEFT JOIN items i ON i.item_id = e.item_id""",
-            metric_bounds={
-                "events_in_future": (0, 0),
-                "events_before_1990": (0, 0),
-                "events_with_unknown_user": (0, 0),
-                "events_with_unknown_item": (0, 0),
-                "duplicate_event_ids": (0, 0),
-            },
+            metrics_sql=_events_metrics_sql(),
+            metric_bounds={**{name: (0, 0) for name in EVENT_ROW_CONDITIONS}, "duplicate_event_ids": (0, 0)},
+            rows_from=EVENTS_JOINED,
+            row_columns=EVENT_ROW_COLUMNS,
+            row_conditions=EVENT_ROW_CONDITIONS,
         ),
     ]
 
@@ -104,7 +110,7 @@ def feature_specs() -> list[SuiteSpec]:
                 *[gxe.ExpectColumnMinToBeBetween(column=c, min_value=0) for c in counts],
                 gxe.ExpectColumnValuesToBeBetween(column="like_ratio_30d", min_value=0, max_value=1),
                 gxe.ExpectColumnValuesToBeBetween(column="dislike_ratio_30d", min_value=0, max_value=1),
-                gxe.ExpectColumnValuesToBeBetween(column="mean_rating_30d", min_value=1, max_value=5),
+                gxe.ExpectColumnValuesToBeBetween(column="mean_rating_30d", min_value=RATING_MIN, max_value=RATING_MAX),
                 gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
                 gxe.ExpectColumnValuesToNotBeNull(column="like_ratio_30d"),
             ],
@@ -123,7 +129,7 @@ def feature_specs() -> list[SuiteSpec]:
                 gxe.ExpectTableRowCountToBeBetween(min_value=1),
                 gxe.ExpectColumnMinToBeBetween(column="popularity_30d", min_value=1),
                 gxe.ExpectColumnValuesToBeBetween(column="like_ratio_30d", min_value=0, max_value=1),
-                gxe.ExpectColumnValuesToBeBetween(column="mean_rating_30d", min_value=1, max_value=5),
+                gxe.ExpectColumnValuesToBeBetween(column="mean_rating_30d", min_value=RATING_MIN, max_value=RATING_MAX),
                 gxe.ExpectColumnValuesToBeBetween(column="age_days", min_value=0),
                 gxe.ExpectColumnValuesToBeInSet(column="domain", value_set=list(DOMAINS)),
                 gxe.ExpectColumnValuesToNotBeNull(column="provider_id"),

@@ -6,7 +6,7 @@
 | `user_id`     | yes      | external user id (1-128 chars); unknown users are created                 |
 | `item_id`     | yes      | external item id; must exist in the catalog, else the row is rejected     |
 | `event_type`  | yes      | view, click, like, dislike, rating, purchase or skip                      |
-| `occurred_at` | yes      | ISO-8601 time (no zone = UTC) or unix seconds                             |
+| `occurred_at` | yes      | ISO-8601 (no zone = UTC) or unix seconds; from 1990, not in the future    |
 | `value`       | rating   | 1..5 for `rating` events; ignored for the others                          |
 | `device`      | no       | mobile, desktop, tv, tablet, ... (goes into the event context)            |
 | `locale`      | no       | e.g. en_US (goes into the event context)                                  |
@@ -32,6 +32,7 @@ from recstack.ingest.records import (
     SourceFormatError,
     empty_frame,
 )
+from recstack.ingest.rules import broken_rules
 
 REQUIRED = ["event_id", "user_id", "item_id", "event_type", "occurred_at"]
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -105,7 +106,7 @@ def read_events_file(path: Path) -> Batch:
         ],
         (~ids["event_type"].isin(EVENT_TYPES).fillna(False), f"event_type: not one of {', '.join(EVENT_TYPES)}"),
         (when.isna(), "occurred_at: not an ISO-8601 time or unix seconds"),
-        ((ids["event_type"] == "rating").fillna(False) & ~value.between(1, 5), "value: rating events need 1..5"),
+        *broken_rules(pd.DataFrame({"occurred_at": when, "event_type": ids["event_type"], "value": value})),
         (bad_context, "context: not a JSON object"),
     ]
     rejected = pd.Series(False, index=raw.index)

@@ -26,6 +26,7 @@ from recstack.ingest.records import (
     Reject,
     SourceFormatError,
 )
+from recstack.ingest.rules import RATING_MAX, RATING_MIN, broken_rules
 
 ML100K_GENRES = [
     "unknown",
@@ -170,12 +171,18 @@ def _ratings(file: Path, layout: Layout, known_movies: set[str], ids: IdMapping)
     raw, rejects = _read_lines(file, layout, 4, layout.sep)
     user, movie = _ints(raw[0]), _ints(raw[1])
     rating, ts = pd.to_numeric(raw[2].str.strip(), errors="coerce"), _ints(raw[3])
-    low, high = (0.5, 5.0) if layout.name == "ml-latest" else (1.0, 5.0)
+    low, high = (0.5, 5.0) if layout.name == "ml-latest" else (RATING_MIN, RATING_MAX)
+    rescaled = (low, high) != (RATING_MIN, RATING_MAX)
+    # Another scale maps linearly onto the stored one (ml-latest's half stars: 0.5 -> 1, 5 -> 5).
+    mapped = RATING_MIN + (rating - low) * (RATING_MAX - RATING_MIN) / (high - low) if rescaled else rating
+    when = pd.to_datetime(ts.where(ts >= 0), unit="s", utc=True, errors="coerce")
     problems = [
         (user.isna() | (user != user.round()), "user id: not an integer"),
         (movie.isna() | (movie != movie.round()), "movie id: not an integer"),
         (rating.isna() | (rating < low) | (rating > high), f"rating: not a number in {low:g}..{high:g}"),
-        (ts.isna() | (ts < 0), "timestamp: not a unix time"),
+        (when.isna() | (ts != ts.round()), "timestamp: not a unix time"),
+        # the rules the validation gate checks on stored events: a row it would refuse is refused here, by line
+        *broken_rules(pd.DataFrame({"occurred_at": when, "event_type": "rating", "value": mapped})),
     ]
     bad = pd.Series(False, index=raw.index)
     for mask, reason in problems:
@@ -190,16 +197,15 @@ def _ratings(file: Path, layout: Layout, known_movies: set[str], ids: IdMapping)
     good = ~(bad | unknown)
     user_ext = ids.users(user[good])
     value = rating[good].astype(float)
-    mapped = 1.0 + (value - low) * 4.0 / (high - low) if low != 1.0 else value
-    context = value.map(lambda v: json.dumps({"raw_rating": v})) if low != 1.0 else pd.Series("{}", index=value.index)
+    context = value.map(lambda v: json.dumps({"raw_rating": v})) if rescaled else pd.Series("{}", index=value.index)
     events = pd.DataFrame(
         {
             "event_id": ids.events(user[good], movie[good], ts[good]),
             "user_external_id": user_ext,
             "item_external_id": movie_ext[good],
             "event_type": "rating",
-            "value": mapped,
-            "occurred_at": pd.to_datetime(ts[good].astype("int64"), unit="s", utc=True),
+            "value": mapped[good].astype(float),
+            "occurred_at": when[good],
             "context": context,
             "source_file": file.name,
             "source_line": raw.index[good],

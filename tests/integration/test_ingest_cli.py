@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from recstack import stack
-from recstack.ingest.fixtures import corrupt_lines, write_movielens_100k
+from recstack.ingest.fixtures import corrupt_lines, write_movielens_100k, write_movielens_latest
 from recstack.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -97,3 +97,43 @@ def test_id_prefix_choice_is_stored_and_shown_in_the_summary(clean_db: Settings,
     assert {"1", "ml-u1"} <= users
     refused = cli("ingest", "movielens", "--id-prefix", "a b", str(folder))
     assert refused.returncode == 2 and "--id-prefix" in refused.stderr
+
+
+def test_a_movielens_copy_with_1970_ratings_imports_what_the_gate_accepts(clean_db: Settings, tmp_path: Path) -> None:
+    """The public ml-latest-small has 14 ratings at timestamp 0: rejected at import, so the gate then passes."""
+    folder = write_movielens_latest(tmp_path / "ml-latest-small", users=20, items=30, ratings=200)
+    lines = (folder / "ratings.csv").read_text().splitlines(keepends=True)
+    for n in range(10, 24):
+        lines[n - 1] = ",".join(lines[n - 1].split(",")[:3]) + ",0\n"
+    (folder / "ratings.csv").write_text("".join(lines))
+    result = cli("ingest", "movielens", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "ratings.csv:10: occurred_at: before 1990-01-01" in result.stdout
+    assert counts(clean_db)[2] == 200 - 14
+    validated = cli("validate", "--suite", "events", "--no-docs")
+    assert validated.returncode == 0, validated.stdout
+
+
+def test_validate_show_rows_lists_the_offending_events(clean_db: Settings, tmp_path: Path) -> None:
+    folder = write_movielens_100k(tmp_path / "ml", users=20, items=30, ratings=200)
+    assert cli("ingest", "movielens", str(folder)).returncode == 0
+    with psycopg.connect(stack.postgres_dsn(clean_db), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events (event_id, user_id, item_id, event_type, value, occurred_at) "
+            "SELECT 'old-' || n, u.user_id, i.item_id, 'view', NULL, timestamptz '1970-01-01' + n * interval '1 day' "
+            "FROM generate_series(1, 8) n, users u, items i WHERE u.external_id = 'ml-u1' AND i.external_id = 'ml-m2'"
+        )
+        conn.execute(
+            "INSERT INTO events (event_id, user_id, item_id, event_type, value, occurred_at) "
+            "SELECT 'bad-rating', u.user_id, 1, 'rating', 9, now() FROM users u WHERE u.external_id = 'ml-u3'"
+        )
+    plain = cli("validate", "--suite", "events", "--no-docs")
+    assert plain.returncode == 1 and "events_before_1990 = 8, expected 0..0" in plain.stdout
+    assert "event_id=" not in plain.stdout
+    shown = cli("validate", "--suite", "events", "--no-docs", "--show-rows")
+    assert shown.returncode == 1
+    listed = [line.strip() for line in shown.stdout.splitlines() if line.strip().startswith("event_id=")]
+    assert len([row for row in listed if row.startswith("event_id=old-")]) == 5  # a few rows per failed expectation
+    assert any("user_id=ml-u1, item_id=ml-m2, event_type=view" in row for row in listed)
+    assert "ratings_out_of_range = 1, expected 0..0" in shown.stdout
+    assert any(row.startswith("event_id=bad-rating, user_id=ml-u3") and "value=9" in row for row in listed)

@@ -78,7 +78,9 @@ def test_recommend_accepts_an_iso_8601_context_timestamp(api: tuple[TestClient, 
         assert context is not None and context.timestamp == WHEN
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2026-13-40T10:00:00Z", True, "2999-01-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2026-13-40T10:00:00Z", True, "2999-01-01T00:00:00Z", "1989-12-31T23:59:59Z", 0]
+)
 def test_bad_timestamps_are_a_422_naming_the_field(api: tuple[TestClient, StubBackend], value: Any) -> None:
     client, backend = api
     response = client.post("/feedback", json=feedback(value))

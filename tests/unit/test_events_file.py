@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -71,3 +72,24 @@ def test_missing_columns_and_unknown_types_are_fatal(tmp_path: Path) -> None:
     (tmp_path / "events.json").write_text("{}")
     with pytest.raises(SourceFormatError, match=r"\.parquet"):
         read_events_file(tmp_path / "events.json")
+
+
+def test_rows_the_validation_gate_would_refuse_are_rejected_with_their_line(tmp_path: Path) -> None:
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    (tmp_path / "events.csv").write_text(
+        "event_id,user_id,item_id,event_type,occurred_at,value\n"
+        "e1,u1,i1,view,2026-03-01T10:00:00Z,\n"
+        "e2,u1,i1,view,0,\n"  # line 3: unix 0 is 1970
+        "e3,u1,i1,view,1989-12-31T23:59:59Z,\n"  # line 4
+        f"e4,u1,i1,view,{future},\n"  # line 5: an hour ahead
+        "e5,u1,i1,rating,2026-03-01T10:00:00Z,7\n"  # line 6: off the rating scale
+        "e6,u1,i1,view,1990-01-01T00:00:00Z,\n"  # the first accepted instant
+    )
+    batch = read_events_file(tmp_path / "events.csv")
+    assert list(batch.events["event_id"]) == ["e1", "e6"]
+    assert [(r.file, r.line, r.reason) for r in batch.rejects] == [
+        ("events.csv", 3, "occurred_at: before 1990-01-01"),
+        ("events.csv", 4, "occurred_at: before 1990-01-01"),
+        ("events.csv", 5, "occurred_at: more than 5 minutes in the future"),
+        ("events.csv", 6, "value: rating events need 1..5"),
+    ]

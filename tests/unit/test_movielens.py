@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from recstack.ingest.fixtures import corrupt_lines, write_movielens_1m, write_movielens_100k, write_movielens_latest
@@ -89,3 +91,20 @@ def test_an_empty_id_prefix_keeps_movielens_numbers(tmp_path: Path) -> None:
 def test_an_unusable_id_prefix_is_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="id prefix"):
         IdMapping(prefix)
+
+
+def test_ratings_the_validation_gate_would_refuse_are_rejected_by_line(tmp_path: Path) -> None:
+    """The public ml-latest-small has 14 ratings at timestamp 0; the gate refuses events before 1990."""
+    folder = write_movielens_latest(tmp_path / "ml-latest-small", users=20, items=30, ratings=200)
+    lines = (folder / "ratings.csv").read_text().splitlines(keepends=True)
+    zero = list(range(10, 24))  # 1-based line numbers (line 1 is the header)
+    for n in zero:
+        lines[n - 1] = ",".join(lines[n - 1].split(",")[:3]) + ",0\n"
+    lines[99] = ",".join(lines[99].split(",")[:3]) + f",{int(time.time()) + 3600}\n"  # an hour ahead
+    (folder / "ratings.csv").write_text("".join(lines))
+    batch = read_movielens(folder)
+    assert [(r.file, r.line) for r in batch.rejects] == [("ratings.csv", n) for n in [*zero, 100]]
+    assert {r.reason for r in batch.rejects[:14]} == {"occurred_at: before 1990-01-01"}
+    assert batch.rejects[14].reason == "occurred_at: more than 5 minutes in the future"
+    assert len(batch.events) == 200 - 15
+    assert batch.events["occurred_at"].min() >= pd.Timestamp("1990-01-01", tz="UTC")
