@@ -36,7 +36,7 @@ def main() -> None:
     found = ranker.model(None)
     if found is None:
         raise SystemExit("no promoted model: run `recstack train` first")
-    version, model, features, categorical = found
+    version, model, features, categorical, _ = found
     requests = []
     for user_id in sample_users(args.users):
         candidates = retriever.retrieve(user_id, Filters(), [])

@@ -40,6 +40,7 @@ from serving.stages.retrieve import (
     CANDIDATE_FEATURES,
     CandidateSet,
     Filters,
+    ItemItemIndex,
     RetrievalParams,
     configure_connection,
     retrieve,
@@ -86,6 +87,32 @@ class Retriever:
         self.params = params or RetrievalParams()
         self.pool = _pool(settings)
         self.realtime = _online_lookup(settings, {"user_realtime": ["recent_item_ids"]}, {})
+        self._item_item: ItemItemIndex | None = None
+        self._item_item_checked = 0.0
+        self._item_item_lock = threading.Lock()
+        try:
+            self.item_item()
+        except Exception as err:
+            log.warning("item-item neighbours not loaded yet (%s)", err)
+
+    def item_item(self) -> ItemItemIndex | None:
+        """The stored item-item neighbours, reloaded when training writes a new set (checked every few seconds)."""
+        if time.monotonic() - self._item_item_checked < MODEL_CHECK_S:
+            return self._item_item
+        with self._item_item_lock:
+            if time.monotonic() - self._item_item_checked < MODEL_CHECK_S:
+                return self._item_item
+            from recstack.tables import neighbours
+
+            with self.pool.connection() as conn:
+                stored = neighbours.version(conn)
+                if stored is None:
+                    self._item_item = None
+                elif self._item_item is None or self._item_item.version != stored:
+                    ids = np.array([r[0] for r in conn.execute("SELECT item_id FROM item_vectors ORDER BY item_id")])
+                    self._item_item = ItemItemIndex(ids.astype(np.int64), neighbours.load(conn, ids), stored)
+            self._item_item_checked = time.monotonic()
+        return self._item_item
 
     def recent_items(self, user_id: str) -> list[str]:
         try:
@@ -101,8 +128,13 @@ class Retriever:
 
     def retrieve(self, user_id: str, filters: Filters, exclude: list[str], exclude_seen: bool = True) -> CandidateSet:
         recent = self.recent_items(user_id)[: self.params.recent]
+        try:
+            item_item = self.item_item()
+        except Exception as err:  # Postgres unreachable: retrieval below fails and degrades the same way
+            log.warning("item-item neighbours not checked (%s)", err)
+            item_item = self._item_item
         with self.pool.connection() as conn:
-            return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen)
+            return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen, item_item)
 
     def ready(self) -> bool:
         with self.pool.connection() as conn:
@@ -110,7 +142,7 @@ class Retriever:
 
     def popular(self, filters: Filters, exclude: list[str], n: int = 500) -> CandidateSet:
         """Popular items only (the retrieval fallback); same statement with the vector sources switched off."""
-        params = RetrievalParams(cf=0, content=0, popular=n, recent=0)
+        params = RetrievalParams(item_item=0, cf=0, content=0, popular=n, recent=0)
         with self.pool.connection() as conn:
             return retrieve(conn, "", [], filters, exclude, params, exclude_seen=False)
 
@@ -164,7 +196,7 @@ class Ranker:
 
     def __init__(self, settings: Settings) -> None:
         self.pool = _pool(settings, size=2)
-        self._models: dict[str, tuple[Any, list[str], list[str]]] = {}
+        self._models: dict[str, tuple[Any, list[str], list[str], str | None]] = {}
         self._promoted: str | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -182,7 +214,7 @@ class Ranker:
             self._checked = time.monotonic()
         return self._promoted
 
-    def model(self, version: str | None) -> tuple[str, Any, list[str], list[str]] | None:
+    def model(self, version: str | None) -> tuple[str, Any, list[str], list[str], str | None] | None:
         from training import registry
 
         version = version or self.promoted()
@@ -193,10 +225,15 @@ class Ranker:
                 with self.pool.connection() as conn:
                     record = registry.get(conn, version)
                 loaded = registry.load_verified(record)
-                self._models[version] = (loaded, record.features, record.params.get("categorical", []))
+                self._models[version] = (
+                    loaded,
+                    record.features,
+                    record.params.get("categorical", []),
+                    record.params.get("order_by"),
+                )
                 metrics.MODEL_INFO.info({"version": version})
-        model, features, categorical = self._models[version]
-        return version, model, features, categorical
+        model, features, categorical, order_by = self._models[version]
+        return version, model, features, categorical, order_by
 
     def _matrix(
         self,
@@ -209,7 +246,7 @@ class Ranker:
         found = self.model(version)
         if found is None:
             raise RuntimeError("no promoted model")
-        version, model, features, categorical = found
+        version, model, features, categorical, _ = found
         return version, model, model_columns(user, items, candidates, ctx, features, categorical), features, categorical
 
     def rank(
@@ -220,7 +257,11 @@ class Ranker:
         ctx: RankContext,
         version: str | None = None,
     ) -> tuple[np.ndarray, str]:
-        """(score per candidate, model version)."""
+        """(score per candidate, model version). A model whose ranker did not beat its best single source on the
+        held-out groups (``order_by`` in its record) orders by that source's score instead."""
+        found = self.model(version)
+        if found is not None and found[4] is not None:
+            return candidates.features[:, CANDIDATE_FEATURES.index(found[4])].astype(np.float64), found[0]
         version, model, columns, _, categorical = self._matrix(user, items, candidates, ctx, version)
         return score(model, columns, categorical), version
 
@@ -506,9 +547,10 @@ def _matching(c: CandidateSet, filters: Filters) -> CandidateSet:
 
 
 def _retrieval_score(c: CandidateSet) -> np.ndarray:
-    """Without the ranker: collaborative score first, content score next, popularity breaking ties."""
+    """Without the ranker: item-item score first (the strongest source), then collaborative and content scores,
+    popularity breaking ties."""
     f = {name: c.features[:, n].astype(np.float64) for n, name in enumerate(CANDIDATE_FEATURES)}
-    return f["cf_score"] + 0.5 * f["content_score"] + 0.01 * f["log_popularity"]
+    return 10 * f["ii_score"] + f["cf_score"] + 0.5 * f["content_score"] + 0.01 * f["log_popularity"]
 
 
 def _long_tail(c: CandidateSet) -> np.ndarray:

@@ -16,7 +16,10 @@ def train(
     trials: int = typer.Option(8, min=1, max=200, help="Ray Tune trials (CatBoostRanker configurations)."),
     smoke: bool = typer.Option(False, "--smoke", help="Tiny search (few iterations): checks the loop end to end."),
     epochs: int = typer.Option(8, min=1, max=500, help="Embedding training epochs."),
-    ranker_users: int = typer.Option(2000, min=10, help="Users of the validation window in the ranker set."),
+    protocol: str = typer.Option(
+        "random", help="How ranker labels are held out: random (each user's positives 80/10/10), temporal, window."
+    ),
+    ranker_users: int = typer.Option(20000, min=10, help="Users with held-out positives in the ranker set."),
     promote: bool = typer.Option(True, help="Promote the new model (serving loads the promoted one)."),
     force: bool = typer.Option(False, "--force", help="Train even when the data validation gate fails."),
     seed: int = typer.Option(42, help="Seed: the same data and seed give the same model."),
@@ -24,8 +27,12 @@ def train(
     """Train embeddings (pgvector) and a CatBoost ranker tuned by Ray Tune; register (and promote) the model."""
     from training.pipeline import TrainConfig
     from training.pipeline import train as run_train
+    from training.protocols import PROTOCOLS
 
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
     config = TrainConfig(
+        protocol=protocol,
         trials=trials,
         smoke=smoke,
         epochs=epochs,
@@ -43,22 +50,34 @@ def train(
     console.print(
         f"ranker set: {report.ranker_rows:,} rows, {report.ranker_groups:,} users; best of {len(report.trials)} "
         f"trials: {json.dumps(report.best_config)}; valid NDCG@10 {report.valid_ndcg10:.4f}",
+    )
+    orders = ", ".join(f"{k} {v:.4f}" for k, v in report.valid_orders.items())
+    console.print(
+        f"held-out NDCG@10 by order: {orders}; serving orders by "
+        + (f"{report.order_by} (the ranker did not beat it)" if report.order_by else "the ranker"),
         highlight=False,
     )
 
 
 def evaluate(
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results JSON to this path."),
-    users: int = typer.Option(1000, min=1, help="Test-window users evaluated (seeded sample)."),
+    users: int = typer.Option(1000, min=1, help="Users with held-out positives evaluated (seeded sample)."),
     version: str | None = typer.Option(None, help="Model version (default: the promoted one)."),
+    protocol: str | None = typer.Option(
+        None, help="random | temporal | window (default: the one the model was trained with)."
+    ),
 ) -> None:
-    """Evaluate the model on the held-out test window against popularity, item-kNN, EASE and embeddings only."""
+    """Evaluate the served pipeline on a held-out part against popularity, item-kNN, EASE and embeddings only."""
     from training.evaluate import HEADLINE, EvalConfig, write_report
     from training.evaluate import evaluate as run_evaluate
+    from training.protocols import PROTOCOLS
 
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
     settings = get_settings()
+    config = EvalConfig(users=users, version=version, protocol=protocol)
     with progress_bars() as progress:
-        result = run_evaluate(settings, EvalConfig(users=users, version=version), StageProgress(progress))
+        result = run_evaluate(settings, config, StageProgress(progress))
     paths = write_report(result, settings.reports_dir / "evaluation" / result["model_version"])
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,4 +89,6 @@ def evaluate(
     for name, row in result["methods"].items():
         table.add_row(name, *(f"{row[c]:.4f}" for c in columns), f"{row['coverage@10']:.3f}")
     console.print(table)
+    recall = ", ".join(f"{k} {v:.3f}" for k, v in result["candidate_recall"].items())
+    console.print(f"candidate recall of the held-out items: {recall}; served order: {result['served_order']}")
     console.print(f"report: {paths['markdown']}" + (f"; json: {json_path}" if json_path else ""), highlight=False)

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
+from recstack.stages.item_item import ItemItem
 from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, candidates_offline, content_query, query_vector
 from training.batch import map_chunks, ray_is_up
 from training.interactions import Catalog, Interactions
@@ -75,13 +77,23 @@ def first_event_ts(events: Interactions) -> pd.Series:
 
 @dataclass
 class Retrieval:
-    """What candidate generation needs: vectors and popularity in the catalog's dense order."""
+    """What candidate generation needs: vectors, popularity and item-item weights in the catalog's dense order."""
 
     user_cf: np.ndarray
     item_cf: np.ndarray  # zeros for items without a collaborative vector
     item_content: np.ndarray
     log_popularity: np.ndarray
     has_user_vector: np.ndarray  # bool per user
+    item_item: ItemItem | None = None
+    history_x: sparse.csr_matrix | None = None  # users x items history weights the item-item source scores
+
+    def item_item_scores(self, user: int) -> np.ndarray | None:
+        if self.item_item is None or self.history_x is None:
+            return None
+        row = self.history_x[user]
+        if not row.nnz:
+            return None
+        return self.item_item.scores(row.indices, row.data)
 
 
 def user_queries(user: int, hist: History, r: Retrieval) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -113,6 +125,7 @@ def candidate_frame(
             params,
             user_vector=r.user_cf[user] if r.has_user_vector[user] else None,
             recent_cf=recent_cf,
+            ii_scores=r.item_item_scores(int(user)),
         )
         part = pd.DataFrame(features, columns=CANDIDATE_FEATURES)
         part.insert(0, "item", items.astype(np.int64))

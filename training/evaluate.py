@@ -1,14 +1,15 @@
-"""`recstack evaluate`: offline evaluation of the promoted model on the held-out test window.
+"""`recstack evaluate`: offline evaluation of the promoted model on a held-out test part.
 
-Protocol (the model's recorded data window):
-  * test window = [test_start, test_start + test_days); everything before test_start is history;
-  * evaluated users = users with at least one positive (grade > 0) event in the test window (a seeded sample of
-    ``users`` of them); relevance = their best grade per item in the window (graded NDCG gain 2^g - 1);
-  * every method ranks the full catalog for each user with the items the user touched before test_start excluded;
-  * methods: popularity (positive events in the 30 days before test_start), item-kNN and EASE (fit on everything
-    before test_start), embeddings only (the served collaborative vectors scored over the whole catalog), retrieval +
-    ranker (serving's candidate sources -> Feast point-in-time features -> the promoted CatBoost ranker), and the
-    same followed by the serving rerank (MMR diversity, provider cap, long-tail floor).
+Protocol (training/protocols.py; default: the one the model was trained with, and its seed):
+  * test = the protocol's test part (random: 10% of each user's positives; temporal: each user's latest 10%;
+    window: the last 7 days); history = every other event;
+  * evaluated users = users with a positive in the test part (a seeded sample of ``users`` of them); relevance =
+    their best grade per test item (graded NDCG gain 2^g - 1);
+  * every method ranks the full catalog for each user with the items in the user's history excluded;
+  * methods, all fit on the history only: popularity, item-kNN, EASE, embeddings only, retrieval + ranker (the
+    served code: the four candidate sources -> Feast point-in-time features -> the promoted CatBoost ranker, or the
+    source it orders by) and the same followed by the serving rerank. Embeddings and item-item weights are refit on
+    the history here (the served ones saw every event), so nothing of the test part is seen.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from recstack import stack
 from recstack.settings import Settings
 from serving.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
 from serving.stages.retrieve import RetrievalParams
-from training import baselines, dataset, metrics, registry
+from training import baselines, dataset, metrics, protocols, registry
 from training.batch import ensure_ray
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions
 
@@ -43,6 +43,8 @@ class EvalConfig:
     users: int = 1000
     seed: int = 7
     version: str | None = None  # default: the promoted model
+    protocol: str | None = None  # default: the model's
+    epochs: int = 8
     rerank: RerankParams = field(default_factory=RerankParams)
 
 
@@ -60,11 +62,9 @@ class TestSet:
         return mask
 
 
-def build_test_set(
-    catalog: Catalog, events: Interactions, test_start: int, test_days: float, cfg: EvalConfig
-) -> TestSet:
-    before = events.take(events.ts < test_start)
-    window = events.take((events.ts >= test_start) & (events.ts < test_start + int(test_days * 86400)))
+def build_test_set(catalog: Catalog, events: Interactions, holdout: protocols.Holdout, cfg: EvalConfig) -> TestSet:
+    before = events.take(~holdout.test)
+    window = events.take(holdout.test)
     labels = dataset.window_labels(window)
     positive = labels[labels["grade"] > 0]
     users = np.unique(positive["user"].to_numpy())
@@ -73,7 +73,7 @@ def build_test_set(
     by_user = positive[positive["user"].isin(users)].groupby("user")
     relevant = [dict(zip(g["item"].tolist(), g["grade"].astype(int).tolist(), strict=True)) for _, g in by_user]
     hist = dataset.history(before, catalog.n_users)
-    return TestSet(users, relevant, hist, before, dataset.first_event_ts(window))
+    return TestSet(users, relevant, hist, before, pd.Series(before.ts).groupby(before.user).max() + 1)
 
 
 def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
@@ -86,9 +86,13 @@ def score_slates(test: TestSet, n_items: int, score: Callable[[int], np.ndarray]
     return [top_k(score(int(u)), test.exclude_mask(i, n_items), k) for i, u in enumerate(test.users)]
 
 
-def recent_popularity(before: Interactions, n_items: int, test_start: int) -> np.ndarray:
-    recent = before.take((before.ts >= test_start - POPULARITY_DAYS * 86400) & (before.grades() > 0))
-    return np.bincount(recent.item, minlength=n_items).astype(np.float64)
+def recent_popularity(before: Interactions, n_items: int) -> np.ndarray:
+    """Positive events in the last POPULARITY_DAYS of the history (all of it when that holds fewer than 1,000)."""
+    positive = before.take(before.grades() > 0)
+    end = int(positive.ts.max()) if len(positive) else 0
+    recent = positive.take(positive.ts >= end - POPULARITY_DAYS * 86400)
+    chosen = recent if len(recent) >= 1000 else positive
+    return np.bincount(chosen.item, minlength=n_items).astype(np.float64)
 
 
 def ranked_candidates(
@@ -106,6 +110,10 @@ def ranked_candidates(
     params = RetrievalParams(**record.params.get("retrieval", {}))
     frame = dataset.candidate_frame(test.users, test.hist, retrieval, params, catalog.n_items)
     frame = dataset.join_features(open_store(settings), frame, catalog, test.first_ts, progress=progress)
+    order_by = record.params.get("order_by")
+    if order_by:  # the ranker did not beat this source on held-out groups: serving orders by it
+        frame["score"] = frame[order_by].astype(np.float64)
+        return frame
     model = registry.load_verified(record)
     categorical = record.params.get("categorical", [])
     frame["score"] = model.predict(model_input(frame, record.features, categorical))
@@ -150,8 +158,11 @@ def reranked_slates(
 
 
 def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
-    from training.pipeline import retrieval_inputs_from_arrays
-    from training.vectors import load_cf_vectors, load_content_matrix
+    from recstack.stages.item_item import ItemItem
+    from training import item_item
+    from training.embeddings import train_embeddings
+    from training.pipeline import retrieval_inputs
+    from training.vectors import load_content_matrix
 
     step = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
@@ -161,26 +172,40 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
         if version is None:
             raise registry.RegistryError("no promoted model: run `recstack train` first")
         record = registry.get(conn, version)
-        vector_versions = [r[0] for r in conn.execute("SELECT DISTINCT model_version FROM user_vectors")]
-        if vector_versions != [version]:
-            raise registry.RegistryError(
-                f"the stored vectors come from {vector_versions or 'no model'}, not {version}: "
-                "evaluate that version or retrain (`recstack train`)"
-            )
         catalog = load_catalog(conn)
         events = load_interactions(conn, catalog)
-        user_cf, item_cf, trained, served_popularity = load_cf_vectors(conn, catalog)
         content = load_content_matrix(conn, catalog)
     window = record.data_window
-    test_start = int(datetime.fromisoformat(window["test_start"]).timestamp())
-    test = build_test_set(catalog, events, test_start, float(window.get("test_days", 7)), cfg)
+    if "protocol" not in window:
+        raise registry.RegistryError(f"{version} predates evaluation protocols: retrain (`recstack train`)")
+    protocol = protocols.ProtocolConfig(
+        name=cfg.protocol or window["protocol"],
+        seed=int(window.get("seed", 2020)),
+        valid_days=float(window.get("valid_days", 7)),
+        test_days=float(window.get("test_days", 7)),
+    )
+    holdout = protocols.split(events.user, events.item, events.event_type, events.value, events.ts, protocol)
+    test = build_test_set(catalog, events, holdout, cfg)
     if not len(test.users):
-        raise ValueError("no user has a positive event in the test window: nothing to evaluate")
+        raise ValueError("no user has a positive event in the test part: nothing to evaluate")
     timings["load_s"] = round(time.perf_counter() - started, 2)
     n_items, kmax = catalog.n_items, max(KS)
     kmax = min(kmax, n_items - 1)
-    popularity = recent_popularity(test.before, n_items, test_start)
+    popularity = recent_popularity(test.before, n_items)
     all_popularity = np.bincount(test.before.item, minlength=n_items).astype(np.float64)
+    started = time.perf_counter()
+    embeddings = train_embeddings(
+        test.before,
+        catalog.n_users,
+        n_items,
+        epochs=cfg.epochs,
+        seed=int(window.get("seed", 42)),
+        progress=lambda epoch, loss: step("embeddings", epoch, cfg.epochs),
+    )
+    history_x = item_item.history_matrix(test.before, catalog.n_users, n_items)
+    ii: ItemItem = item_item.fit_ease(history_x)
+    timings["refit_on_history_s"] = round(time.perf_counter() - started, 2)
+    item_cf = np.where(embeddings.trained_items[:, None], embeddings.item, 0).astype(np.float32)
 
     slates: dict[str, list[np.ndarray]] = {}
     method_s: dict[str, float] = {}
@@ -197,7 +222,7 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     run("item_knn", lambda: score_slates(test, n_items, knn.scores, kmax))
     ease = baselines.ease(x)
     run("ease", lambda: score_slates(test, n_items, ease.scores, kmax))
-    retrieval = retrieval_inputs_from_arrays(user_cf, item_cf, trained, content, served_popularity)
+    retrieval = retrieval_inputs(embeddings, content, ii, history_x)
 
     def embedding_scores(u: int) -> np.ndarray:
         query, _ = dataset.user_queries(u, test.hist, retrieval)
@@ -213,6 +238,7 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     run("retrieval_ranker", lambda: ranker_slates(frame, test.users, kmax))
     tail = long_tail_mask(all_popularity)
     run("retrieval_ranker_rerank", lambda: reranked_slates(frame, test.users, catalog, item_cf, tail, kmax, cfg.rerank))
+    recall = candidate_recall(frame, test)
 
     results: dict[str, dict[str, float]] = {}
     for name, method_slates in slates.items():
@@ -235,21 +261,42 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     return {
         "model_version": version,
         "protocol": {
-            "test_start": window["test_start"],
-            "test_days": window.get("test_days", 7),
+            "name": protocol.name,
+            "seed": protocol.seed,
+            "min_rating": protocol.min_rating,
+            "core": protocol.core,
+            "test_days": protocol.test_days,
+            "test_events": int(holdout.test.sum()),
             "users_evaluated": len(test.users),
             "catalog_items": int(n_items),
             "seen_items_excluded": True,
-            "relevance": "best grade per item in the test window: 3 purchase/like/rating>=4, 2 click, 1 view",
+            "relevance": "best grade per held-out item: 3 purchase/like/rating>=4, 2 click, 1 view",
             "popularity_window_days": POPULARITY_DAYS,
-            "seed": cfg.seed,
+            "sample_seed": cfg.seed,
         },
         "methods": results,
         "method_seconds": method_s,
         "timings": timings,
         "provider_exposure": provider_exposure(slates, catalog, 10),
         "ranker_vs": comparisons,
+        "candidate_recall": recall,
+        "served_order": record.params.get("order_by") or "ranker",
     }
+
+
+def candidate_recall(frame: pd.DataFrame, test: TestSet) -> dict[str, float]:
+    """Share of the test users' relevant items that each candidate source (and all of them) retrieved."""
+    wanted = pd.DataFrame(
+        [(int(u), int(i)) for u, rel in zip(test.users, test.relevant, strict=True) for i in rel],
+        columns=["user", "item"],
+    )
+    if not len(wanted):
+        return {}
+    found = wanted.merge(frame, on=["user", "item"], how="left", indicator=True)
+    out = {"all": float((found["_merge"] == "both").mean())}
+    for source in ("from_ii", "from_cf", "from_content", "from_popular"):
+        out[source.removeprefix("from_")] = float(found[source].fillna(0).astype(bool).mean())
+    return {k: round(v, 4) for k, v in out.items()}
 
 
 def provider_exposure(slates: dict[str, list[np.ndarray]], catalog: Catalog, k: int) -> dict[str, Any]:
@@ -298,8 +345,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Offline evaluation of {result['model_version']}",
         "",
-        f"Test window from {p['test_start']} ({p['test_days']} days), {p['users_evaluated']:,} users with a positive "
-        f"event in it, full ranking over {p['catalog_items']:,} items with each user's already-seen items excluded.",
+        f"Protocol {p['name']} (seed {p['seed']}), {p['users_evaluated']:,} users with a held-out positive, full "
+        f"ranking over {p['catalog_items']:,} items with each user's history excluded; every method fit on the "
+        "history only.",
         f"Relevance: {p['relevance']}.",
         "",
         "## Accuracy",

@@ -1,10 +1,15 @@
-"""`recstack train`: validate -> content vectors -> embeddings -> ranker set -> Ray Tune -> registry -> pgvector.
+"""`recstack train`: validate -> content vectors -> embeddings + item-item -> ranker set -> Ray Tune -> registry ->
+pgvector.
 
-Windows (time split of the events): train | valid (7 days) | test (7 days).
-  1. Embeddings E1 on train; candidates + labels from the valid window; Feast features point-in-time -> ranker set,
-     its users split 80/20 into fit and early-stopping groups; Ray Tune searches CatBoost on it.
-  2. Embeddings E2 on train + valid (everything before the test window) are what serving uses and what
-     `recstack evaluate` scores on the held-out test window, so the evaluation measures the served artifacts.
+The events are split by an evaluation protocol (training/protocols.py; default ``random``: each user's positives
+80/10/10 into train / valid / test, seed recorded in the model):
+  1. Embeddings E1 and item-item weights II1 on the train part; candidates for every user with valid positives
+     (up to ``ranker_users``), labelled by the valid part; Feast features point-in-time at the user's last training
+     event -> ranker set, its users split 80/20 into fit and early-stopping groups; Ray Tune searches CatBoost on
+     it. The ranker is kept only if it orders the early-stopping groups better than its best single source
+     (item-item or collaborative score); otherwise the model records that source as its order.
+  2. What serves is refit on every event (E2, II2): `recstack evaluate` refits on everything but the test part
+     itself, so the evaluation scores the served code with nothing of the test part seen.
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ import psycopg
 
 from recstack import stack
 from recstack.settings import Settings
+from recstack.stages.item_item import ItemItem
 from serving.stages.rank import model_input
 from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams
-from training import dataset, registry
+from training import dataset, protocols, registry
 from training.batch import ensure_ray
 from training.embeddings import EmbeddingModel, train_embeddings
-from training.interactions import Catalog, Interactions, TimeSplit, load_catalog, load_interactions, time_split
+from training.interactions import Catalog, Interactions, load_catalog, load_interactions
 from training.ranker import RankerData, sort_by_group, train_ranker
 
 ProgressFn = Callable[[str, int, int], None]
 TRAIN_SUITES = ["users", "items", "events", "user_features", "item_features"]
 KEY_COLUMNS = ["user", "item", "label"]
+# Single sources the ranker has to beat on held-out groups (their score orders the slate when it does not).
+ORDER_SOURCES = ["ii_score", "cf_score"]
 
 
 @dataclass
@@ -39,7 +47,8 @@ class TrainConfig:
     trials: int = 8
     smoke: bool = False
     epochs: int = 8
-    ranker_users: int = 2000  # users of the valid window whose candidates form the ranker set
+    protocol: str = "random"  # how ranker labels are held out (training/protocols.py)
+    ranker_users: int = 20000  # users with held-out positives whose candidates form the ranker set
     unlabelled_per_user: int = 60  # random "none" candidates kept per user (every labelled one is kept)
     valid_days: float = 7
     test_days: float = 7
@@ -58,14 +67,26 @@ class TrainReport:
     best_config: dict[str, Any]
     valid_ndcg10: float
     trials: list[dict[str, Any]]
+    order_by: str | None = None  # a source's score serves instead of the ranker (it did not beat that source)
+    valid_orders: dict[str, float] = field(default_factory=dict)
 
 
-def retrieval_inputs(model: EmbeddingModel, content: np.ndarray) -> dataset.Retrieval:
-    return retrieval_inputs_from_arrays(model.user, model.item, model.trained_items, content, model.item_popularity)
+def retrieval_inputs(
+    model: EmbeddingModel, content: np.ndarray, ii: ItemItem | None = None, history_x: Any = None
+) -> dataset.Retrieval:
+    return retrieval_inputs_from_arrays(
+        model.user, model.item, model.trained_items, content, model.item_popularity, ii, history_x
+    )
 
 
 def retrieval_inputs_from_arrays(
-    user_cf: np.ndarray, item_cf: np.ndarray, trained: np.ndarray, content: np.ndarray, popularity: np.ndarray
+    user_cf: np.ndarray,
+    item_cf: np.ndarray,
+    trained: np.ndarray,
+    content: np.ndarray,
+    popularity: np.ndarray,
+    ii: ItemItem | None = None,
+    history_x: Any = None,
 ) -> dataset.Retrieval:
     """What candidate generation sees, as serving stores it: items without a trained vector get none (zeros)."""
     return dataset.Retrieval(
@@ -74,6 +95,8 @@ def retrieval_inputs_from_arrays(
         item_content=content,
         log_popularity=np.log1p(popularity).astype(np.float32),
         has_user_vector=np.abs(user_cf).sum(1) > 0,
+        item_item=ii,
+        history_x=history_x,
     )
 
 
@@ -104,8 +127,10 @@ def build_ranker_set(
     unlabelled_per_user: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    when: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Candidates for a sample of the window's users, with graded labels and point-in-time features."""
+    """Candidates for a sample of the users with held-out positives, with graded labels and point-in-time features
+    at ``when[user]`` (default: the user's first held-out event)."""
     hist = dataset.history(before, catalog.n_users)
     labels = dataset.window_labels(window)
     users = np.unique(labels.loc[labels["grade"] > 0, "user"].to_numpy())
@@ -114,7 +139,8 @@ def build_ranker_set(
         users = np.sort(rng.choice(users, max_users, replace=False))
     candidates = dataset.candidate_frame(users, hist, retrieval, params, catalog.n_items)
     labelled = dataset.subsample_unlabelled(dataset.attach_labels(candidates, labels), unlabelled_per_user, seed)
-    return dataset.join_features(store, labelled, catalog, dataset.first_event_ts(window), progress=progress)
+    at = when if when is not None else dataset.first_event_ts(window)
+    return dataset.join_features(store, labelled, catalog, at, progress=progress)
 
 
 def split_groups(frame: pd.DataFrame, seed: int, fit_share: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -135,16 +161,39 @@ def to_ranker_data(frame: pd.DataFrame, features: list[str], categorical: list[s
     )
 
 
-def load_split(conn: psycopg.Connection, config: TrainConfig) -> tuple[Catalog, TimeSplit]:
-    catalog = load_catalog(conn)
-    events = load_interactions(conn, catalog)
-    if len(events) == 0:
-        raise ValueError("no events: ingest data first (`recstack ingest synthetic` or `recstack ingest movielens`)")
-    return catalog, time_split(events, config.valid_days, config.test_days)
+def holdout_for(events: Interactions, config: TrainConfig) -> protocols.Holdout:
+    """The protocol's split of the events (the same function and seed `recstack evaluate` uses)."""
+    cfg = protocols.ProtocolConfig(
+        name=config.protocol, valid_days=config.valid_days, test_days=config.test_days, seed=config.seed
+    )
+    return protocols.split(events.user, events.item, events.event_type, events.value, events.ts, cfg)
+
+
+def last_event_ts(events: Interactions) -> pd.Series:
+    """Per user: one second after their last event (the point-in-time of a request made after their history)."""
+    return pd.Series(events.ts).groupby(events.user).max() + 1
+
+
+def source_orders_ndcg(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:
+    """NDCG@10 of ordering each user's candidates by one column (graded labels as the ranker sees them)."""
+    from training.metrics import per_user
+
+    out = {}
+    for column in columns:
+        ordered = frame.sort_values(["user", column], ascending=[True, False], kind="stable")
+        slates, relevant = [], []
+        for _, group in ordered.groupby("user", sort=False):
+            labels = group["label"].to_numpy() - 1  # stored shifted by +1 (attach_labels)
+            slates.append(group["item"].to_numpy()[:10])
+            relevant.append({int(i): int(g) for i, g in zip(group["item"], labels, strict=True) if g > 0})
+        out[column] = float(per_user(slates, relevant, 10)["ndcg"].mean()) if slates else 0.0
+    return out
 
 
 def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None = None) -> TrainReport:
     from recstack.features.store import open_store
+    from recstack.tables import neighbours
+    from training import item_item
     from training.tune import run_search
     from training.vectors import load_content_matrix, update_content_vectors, write_cf_vectors
     from validation.gate import require_pass
@@ -160,37 +209,49 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     dsn = stack.postgres_dsn(settings)
     with psycopg.connect(dsn) as conn:
         started = time.perf_counter()
-        catalog, split = load_split(conn, config)
+        catalog = load_catalog(conn)
+        events = load_interactions(conn, catalog)
+        if len(events) == 0:
+            raise ValueError(
+                "no events: ingest data first (`recstack ingest synthetic` or `recstack ingest movielens`)"
+            )
+        holdout = holdout_for(events, config)
         timed("load_events_s", started)
         started = time.perf_counter()
         update_content_vectors(conn, progress=lambda done, total: step("content", done, total))
         content = load_content_matrix(conn, catalog)
         timed("content_vectors_s", started)
 
+    history, valid = events.take(holdout.train), events.take(holdout.valid)
     started = time.perf_counter()
     e1 = train_embeddings(
-        split.train,
+        history,
         catalog.n_users,
         catalog.n_items,
         epochs=config.epochs,
         seed=config.seed,
         progress=lambda epoch, loss: step("embed 1/2", epoch, config.epochs),
     )
-    timed("embeddings_train_window_s", started)
+    timed("embeddings_train_part_s", started)
+    started = time.perf_counter()
+    x1 = item_item.history_matrix(history, catalog.n_users, catalog.n_items)
+    ii1 = item_item.fit_ease(x1)
+    timed("item_item_train_part_s", started)
 
     started = time.perf_counter()
     store = open_store(settings)
     frame = build_ranker_set(
         store,
         catalog,
-        split.train,
-        split.valid,
-        retrieval_inputs(e1, content),
+        history,
+        valid,
+        retrieval_inputs(e1, content, ii1, x1),
         config.retrieval,
         config.ranker_users,
         config.unlabelled_per_user,
         config.seed,
         progress=lambda done, total: step("features", done, total),
+        when=None if config.protocol == "window" else last_event_ts(history),
     )
     timed("ranker_set_s", started)
     features, categorical = ranker_columns(frame)
@@ -216,16 +277,15 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         threads=2,
     )
     timed("ranker_final_fit_s", started)
+    # The ranker must beat its best single source on the held-out groups, or that source's order serves.
+    early_sorted = sort_by_group(early, "user").assign(ranker=model.predict(early_data.features))
+    orders = source_orders_ndcg(early_sorted, ["ranker", *ORDER_SOURCES])
+    best_source = max(ORDER_SOURCES, key=lambda c: orders[c])
+    order_by = None if orders["ranker"] >= orders[best_source] else best_source
 
     started = time.perf_counter()
-    before_test = Interactions(
-        *(
-            np.concatenate([getattr(split.train, a), getattr(split.valid, a)])
-            for a in ("user", "item", "event_type", "value", "ts")
-        )
-    )
     e2 = train_embeddings(
-        before_test,
+        events,
         catalog.n_users,
         catalog.n_items,
         epochs=config.epochs,
@@ -233,12 +293,20 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         progress=lambda epoch, loss: step("embed 2/2", epoch, config.epochs),
     )
     timed("embeddings_serving_s", started)
+    started = time.perf_counter()
+    ii2 = item_item.fit_ease(item_item.history_matrix(events, catalog.n_users, catalog.n_items))
+    timed("item_item_serving_s", started)
 
     window = {
-        "train_end": datetime.fromtimestamp(split.valid_start, UTC).isoformat(),
-        "test_start": datetime.fromtimestamp(split.test_start, UTC).isoformat(),
+        "protocol": config.protocol,
+        "seed": config.seed,
         "valid_days": config.valid_days,
         "test_days": config.test_days,
+        "events": len(events),
+        "ranker_labels": int(holdout.valid.sum()),
+        "ranker_history": int(holdout.train.sum()),
+        "last_event": datetime.fromtimestamp(int(events.ts.max()), UTC).isoformat(),
+        "served_vectors_saw": "every event",
     }
     with psycopg.connect(dsn) as conn:
         record = registry.register(
@@ -246,12 +314,22 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
             settings.models_dir,
             model,
             features,
-            params={**best, "categorical": categorical, "retrieval": config.retrieval.__dict__},
-            metrics={**metrics, "tune_best_valid_ndcg@10": result.best_ndcg10},
+            params={
+                **best,
+                "categorical": categorical,
+                "retrieval": config.retrieval.__dict__,
+                "order_by": order_by,
+            },
+            metrics={
+                **metrics,
+                "tune_best_valid_ndcg@10": result.best_ndcg10,
+                **{f"valid_ndcg@10_by_{k}": round(v, 4) for k, v in orders.items()},
+            },
             data_window=window,
         )
         started = time.perf_counter()
         write_cf_vectors(conn, catalog, e2, record.version)
+        neighbours.write(conn, catalog.item_ids, ii2, record.version)
         conn.commit()
         timed("write_vectors_s", started)
         if config.promote:
@@ -265,4 +343,6 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         best_config=best,
         valid_ndcg10=float(metrics["valid_ndcg@10"]),
         trials=result.trials,
+        order_by=order_by,
+        valid_orders=orders,
     )

@@ -1,6 +1,8 @@
 """Retrieval stage: query vectors from the user's recent items and user vector; candidates from three sources.
 
 Sources, as in serving and in offline training/evaluation alike:
+  * item-item: top-I by the EASE neighbour scores of the user's whole history (recstack.stages.item_item), the
+    strongest single source on real data (ml-latest-small: EASE alone beats the embeddings by far),
   * collaborative: top-N by inner product with the query vector (pgvector HNSW ``<#>``; numpy offline),
   * content: top-M by cosine with the mean content vector of the recent items (reaches items nobody touched yet),
   * popular: top-P by popularity in the model's window (cold users get only these).
@@ -15,17 +17,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from psycopg import sql
 
+from recstack.stages.item_item import ItemItem, history_weights, strongest_per_item
+
 SOURCE_FEATURES = ["cf_score", "content_score", "log_popularity", "from_cf", "from_content", "from_popular"]
+ITEM_ITEM_FEATURES = ["ii_score", "from_ii"]
 # How the candidate relates to the user's long-term vector and to each recent item separately: a user with several
 # interests has a recent item close to the candidate even when the blended query vector is not.
 SIMILARITY_FEATURES = ["user_score", "recent_mean_score", "recent_max_score", "recent_count"]
-CANDIDATE_FEATURES = [*SOURCE_FEATURES, *SIMILARITY_FEATURES]
+CANDIDATE_FEATURES = [*SOURCE_FEATURES, *ITEM_ITEM_FEATURES, *SIMILARITY_FEATURES]
 RECENCY_DECAY = 0.85  # weight of the i-th most recent item: decay ** i
 USER_VECTOR_WEIGHT = 0.5  # blend of the long-term user vector and the recent-items vector
 
 
 @dataclass(frozen=True)
 class RetrievalParams:
+    item_item: int = 200
     cf: int = 200
     content: int = 50
     popular: int = 50
@@ -93,16 +99,19 @@ def candidates_offline(
     params: RetrievalParams,
     user_vector: np.ndarray | None = None,
     recent_cf: np.ndarray | None = None,
+    ii_scores: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(item indices, feature matrix [n, len(CANDIDATE_FEATURES)]) for one user; ``exclude`` is a bool mask."""
+    """(item indices, feature matrix [n, len(CANDIDATE_FEATURES)]) for one user; ``exclude`` is a bool mask;
+    ``ii_scores`` the item-item score of every item (None: no history, the source is off)."""
     n_items = len(item_cf)
     allowed = ~exclude
     cf_scores = item_cf @ query if query is not None else np.zeros(n_items, np.float32)
     ct_scores = item_content @ content_q if content_q is not None else np.zeros(n_items, np.float32)
 
-    def top(scores: np.ndarray, k: int) -> np.ndarray:
-        masked = np.where(allowed, scores, -np.inf)
-        k = min(k, int(allowed.sum()))
+    def top(scores: np.ndarray, k: int, also: np.ndarray | None = None) -> np.ndarray:
+        ok = allowed if also is None else allowed & also
+        masked = np.where(ok, scores, -np.inf)
+        k = min(k, int(ok.sum()))
         if k <= 0:
             return np.empty(0, np.int64)
         part = np.argpartition(-masked, k - 1)[:k]
@@ -111,7 +120,8 @@ def candidates_offline(
     from_cf = top(cf_scores, params.cf) if query is not None else np.empty(0, np.int64)
     from_ct = top(ct_scores, params.content) if content_q is not None else np.empty(0, np.int64)
     from_pop = top(log_popularity, params.popular)
-    items = np.unique(np.concatenate([from_cf, from_ct, from_pop]))
+    from_ii = top(ii_scores, params.item_item, ii_scores != 0) if ii_scores is not None else np.empty(0, np.int64)
+    items = np.unique(np.concatenate([from_ii, from_cf, from_ct, from_pop]))
     features = np.column_stack(
         [
             cf_scores[items],
@@ -122,8 +132,18 @@ def candidates_offline(
             np.isin(items, from_pop),
         ]
     ).astype(np.float32)
+    ii = item_item_features(items, ii_scores, from_ii)
     recent = recent_cf if recent_cf is not None else np.empty((0, item_cf.shape[1]), np.float32)
-    return items, np.hstack([features, similarity_features(item_cf[items], user_vector, recent)])
+    return items, np.hstack([features, ii, similarity_features(item_cf[items], user_vector, recent)])
+
+
+def item_item_features(items: np.ndarray, ii_scores: np.ndarray | None, from_ii: np.ndarray) -> np.ndarray:
+    """[n, len(ITEM_ITEM_FEATURES)] for candidates given as dense indices."""
+    out = np.zeros((len(items), len(ITEM_ITEM_FEATURES)), np.float32)
+    if ii_scores is not None:
+        out[:, 0] = ii_scores[items]
+        out[:, 1] = np.isin(items, from_ii)
+    return out
 
 
 # -- online: one SQL statement against pgvector -----------------------------------------------------------------
@@ -143,9 +163,15 @@ def _filter_sql(filters: Filters, exclude: list[str]) -> tuple[sql.Composable, d
 
 
 def candidates_sql(
-    query: np.ndarray | None, content_q: np.ndarray | None, filters: Filters, exclude: list[str], p: RetrievalParams
+    query: np.ndarray | None,
+    content_q: np.ndarray | None,
+    filters: Filters,
+    exclude: list[str],
+    p: RetrievalParams,
+    item_item_ids: np.ndarray | None = None,
 ) -> tuple[sql.Composable, dict[str, object]]:
-    """One statement: the three sources (HNSW for the two vector ones) and every candidate's scores.
+    """One statement: the four sources (the item-item one ranked in the replica and passed in as ids, best first;
+    HNSW for the two vector ones) and every candidate's scores.
 
     Run on a connection set up by ``configure_connection`` (``hnsw.iterative_scan = relaxed_order``, so filtered
     HNSW scans keep going until they fill their LIMIT, pgvector 0.8). Titles come from a correlated subquery (an
@@ -161,11 +187,16 @@ def candidates_sql(
             "n_cf": p.cf if query is not None else 0,
             "n_ct": p.content if content_q is not None else 0,
             "n_pop": p.popular,
+            "ii": [int(i) for i in item_item_ids] if item_item_ids is not None else [],
+            "n_ii": p.item_item,
         }
     )
     statement = sql.SQL(
         """
-        WITH cf AS (
+        WITH ii AS (
+            SELECT v.item_id FROM unnest(%(ii)s::bigint[]) WITH ORDINALITY AS r(item_id, pos)
+            JOIN item_vectors v ON v.item_id = r.item_id WHERE {where} ORDER BY r.pos LIMIT %(n_ii)s
+        ), cf AS (
             SELECT v.item_id FROM item_vectors v
             WHERE v.cf IS NOT NULL AND {where}
             ORDER BY v.cf <#> coalesce(%(q)s::vector, {zero_cf}) LIMIT %(n_cf)s
@@ -177,9 +208,9 @@ def candidates_sql(
             SELECT v.item_id FROM item_vectors v WHERE {where} ORDER BY v.popularity DESC, v.item_id LIMIT %(n_pop)s
         ), found AS (
             SELECT item_id, bool_or(src = 'cf') AS from_cf, bool_or(src = 'ct') AS from_ct,
-                   bool_or(src = 'pop') AS from_pop
+                   bool_or(src = 'pop') AS from_pop, bool_or(src = 'ii') AS from_ii
             FROM (SELECT item_id, 'cf' AS src FROM cf UNION ALL SELECT item_id, 'ct' FROM ct
-                  UNION ALL SELECT item_id, 'pop' FROM pop) s
+                  UNION ALL SELECT item_id, 'pop' FROM pop UNION ALL SELECT item_id, 'ii' FROM ii) s
             GROUP BY item_id
         )
         SELECT v.external_id, (SELECT i.title FROM items i WHERE i.item_id = f.item_id), v.domain, v.provider_id,
@@ -187,7 +218,7 @@ def candidates_sql(
                coalesce(-(v.cf <#> %(q)s::vector), 0) AS cf_score,
                coalesce(1 - (v.content <=> %(c)s::vector), 0) AS content_score,
                ln(1 + v.popularity) AS log_popularity,
-               f.from_cf, f.from_ct, f.from_pop
+               f.from_cf, f.from_ct, f.from_pop, f.from_ii, v.item_id
         FROM found f JOIN item_vectors v ON v.item_id = f.item_id
         """
     ).format(where=where, zero_cf=sql.SQL(zero_cf), zero_ct=sql.SQL(zero_ct))
@@ -216,6 +247,47 @@ class UserState:
     recent_cf: np.ndarray  # [n, 64] newest first (items without a cf vector left out)
     recent_content: np.ndarray  # [m, 384]
     seen: list[str]  # every item the user touched (excluded from candidates)
+    history_item_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # internal ids, per event
+    history_types: np.ndarray = field(default_factory=lambda: np.empty(0, object))
+    history_values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+
+
+@dataclass
+class ItemItemIndex:
+    """The item-item source as a serving replica holds it: neighbour weights over ``item_ids`` (sorted internal
+    ids), loaded from the item_neighbours table."""
+
+    item_ids: np.ndarray
+    model: ItemItem
+    version: str | None = None
+
+    def scores(self, state: UserState) -> np.ndarray | None:
+        """Every item's score for the user's history (None without history), in ``item_ids`` order."""
+        if not len(state.history_item_ids) or not len(self.item_ids):
+            return None
+        weights = history_weights(state.history_types, state.history_values)
+        position, found = self.positions(state.history_item_ids)
+        items, best = strongest_per_item(position, weights[found])
+        if not len(items):
+            return None
+        return self.model.scores(items, best)
+
+    def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``item_ids`` of the ``ids`` that are there, mask over ``ids`` of those found)."""
+        ids = np.asarray(ids, np.int64)
+        position = np.minimum(np.searchsorted(self.item_ids, ids), max(len(self.item_ids) - 1, 0))
+        found = (self.item_ids[position] == ids) if len(self.item_ids) else np.zeros(len(ids), bool)
+        return position[found], found
+
+    def top(self, scores: np.ndarray, exclude_ids: np.ndarray, n: int) -> np.ndarray:
+        """Internal ids of the ``n`` best-scored items (score != 0), ``exclude_ids`` left out."""
+        masked = np.where(scores != 0, scores, -np.inf)
+        masked[self.positions(exclude_ids)[0]] = -np.inf
+        k = min(n, int(np.isfinite(masked).sum()))
+        if k <= 0:
+            return np.empty(0, np.int64)
+        part = np.argpartition(-masked, k - 1)[:k]
+        return self.item_ids[part[np.argsort(-masked[part], kind="stable")]]
 
 
 @dataclass
@@ -233,9 +305,11 @@ class CandidateSet:
 
 
 USER_STATE_SQL = """
-SELECT (SELECT cf FROM user_vectors WHERE external_id = %(user)s),
-       (SELECT coalesce(array_agg(i.external_id), '{}') FROM events e JOIN users u ON u.user_id = e.user_id
-            JOIN items i ON i.item_id = e.item_id WHERE u.external_id = %(user)s)
+SELECT (SELECT cf FROM user_vectors WHERE external_id = %(user)s), h.seen, h.item_ids, h.types, h.vals
+FROM (SELECT coalesce(array_agg(i.external_id), '{}') AS seen, array_agg(e.item_id) AS item_ids,
+             array_agg(e.event_type) AS types, array_agg(e.value) AS vals
+      FROM events e JOIN users u ON u.user_id = e.user_id JOIN items i ON i.item_id = e.item_id
+      WHERE u.external_id = %(user)s) h
 """
 RECENT_SQL = """
 SELECT r.pos, v.cf, v.content FROM unnest(%(recent)s::text[]) WITH ORDINALITY AS r(external_id, pos)
@@ -254,7 +328,7 @@ def _array(value: object) -> np.ndarray:
 
 def user_state(conn, user_id: str, recent: list[str]) -> UserState:  # type: ignore[no-untyped-def]
     """User vector, recent items' vectors (order kept) and the seen set: two statements on one connection."""
-    user_vector, seen = conn.execute(USER_STATE_SQL, {"user": user_id}).fetchone()
+    user_vector, seen, item_ids, types, values = conn.execute(USER_STATE_SQL, {"user": user_id}).fetchone()
     rows = conn.execute(RECENT_SQL, {"recent": recent}).fetchall() if recent else []
     cf = [_array(r[1]) for r in rows if r[1] is not None]
     content = [_array(r[2]) for r in rows if r[2] is not None]
@@ -263,6 +337,9 @@ def user_state(conn, user_id: str, recent: list[str]) -> UserState:  # type: ign
         recent_cf=np.stack(cf) if cf else np.empty((0, 64), np.float32),
         recent_content=np.stack(content) if content else np.empty((0, 384), np.float32),
         seen=list(dict.fromkeys(seen or [])),
+        history_item_ids=np.asarray(item_ids or [], np.int64),
+        history_types=np.asarray(types or [], object),
+        history_values=np.asarray([np.nan if v is None else v for v in values or []], np.float64),
     )
 
 
@@ -274,6 +351,7 @@ def retrieve(
     exclude: list[str],
     params: RetrievalParams,
     exclude_seen: bool = True,
+    item_item: ItemItemIndex | None = None,
 ) -> CandidateSet:
     """Serving's candidate generation for one user (the online twin of ``candidates_offline``); ``conn`` is set up
     by ``configure_connection``."""
@@ -281,8 +359,18 @@ def retrieve(
     query = query_vector(state.user_vector, state.recent_cf)
     content_q = content_query(state.recent_content)
     excluded = list(dict.fromkeys([*exclude, *(state.seen if exclude_seen else [])]))
-    statement, args = candidates_sql(query, content_q, filters, excluded, params)
+    ii_scores = item_item.scores(state) if item_item is not None and params.item_item > 0 else None
+    ii_top = None
+    if ii_scores is not None and item_item is not None:
+        filtered = filters.domain or filters.categories or filters.providers
+        ii_top = item_item.top(ii_scores, state.history_item_ids, params.item_item * (4 if filtered else 1))
+    statement, args = candidates_sql(query, content_q, filters, excluded, params, ii_top)
     rows = conn.execute(statement, args, binary=True).fetchall()  # binary: vectors arrive as raw float32
+    ii = np.zeros((len(rows), len(ITEM_ITEM_FEATURES)), np.float32)
+    if ii_scores is not None and item_item is not None and rows:
+        position, found = item_item.positions(np.array([r[13] for r in rows], np.int64))
+        ii[found, 0] = ii_scores[position]
+        ii[:, 1] = [bool(r[12]) for r in rows]
     vectors = np.zeros((len(rows), 64), np.float32)
     for n, row in enumerate(rows):
         if row[5] is not None:
@@ -297,6 +385,7 @@ def retrieve(
         features=np.hstack(
             [
                 np.array([r[6:12] for r in rows], dtype=np.float32).reshape(len(rows), len(SOURCE_FEATURES)),
+                ii,
                 similarity_features(vectors, state.user_vector, state.recent_cf),
             ]
         ),

@@ -30,12 +30,17 @@ def test_train_registers_promotes_and_stores_vectors(trained_stack: Settings) ->
         n_users = conn.execute("SELECT count(*) FROM user_vectors WHERE model_version = %s", (version,)).fetchone()
         index = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'item_vectors'").fetchall()
     assert record.sha256 == registry.sha256_file(__import__("pathlib").Path(record.path))
-    assert record.path.endswith(".cbm") and record.features and record.data_window["test_start"]
-    assert "cf_score" in record.features and any(f.startswith("user_features__") for f in record.features)
+    assert record.path.endswith(".cbm") and record.features and record.data_window["protocol"] == "random"
+    assert record.data_window["served_vectors_saw"] == "every event"
+    assert "cf_score" in record.features and "ii_score" in record.features
+    assert any(f.startswith("user_features__") for f in record.features)
     assert catalog == (n_items,) and with_content == n_items and 0 < with_cf <= 300
     assert n_users is not None and n_users[0] == 600
     assert any("hnsw" in row[0] and "vector_ip_ops" in row[0] for row in index)
     registry.load_verified(record)  # checksum verified on load
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        stored = conn.execute("SELECT count(*), min(model_version), max(model_version) FROM item_neighbours").fetchone()
+    assert stored is not None and stored[0] > 0 and stored[1] == stored[2] == version  # the item-item source
 
 
 def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -76,6 +81,7 @@ def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, t
             assert (0 <= row[key] <= 1) if bounded else row[key] > 0, (key, row[key])
     # The planted tastes are learnable: the trained pipeline finds more than the popularity baseline does.
     assert methods["retrieval_ranker"]["ndcg@10"] > methods["popularity"]["ndcg@10"]
+    assert report["protocol"]["name"] == "random" and 0 < report["candidate_recall"]["all"] <= 1
     folder = trained_stack.reports_dir / "evaluation" / report["model_version"]
     assert (folder / "evaluation.md").read_text().count("| retrieval_ranker |") == 2
     assert (folder / "accuracy.png").stat().st_size > 1000 and (folder / "exposure.png").stat().st_size > 1000

@@ -1,0 +1,1 @@
+"""Recommendation logic shared by training and serving (pure functions and typed contracts, no clients)."""

@@ -1,0 +1,61 @@
+"""The item-item source: EASE neighbours learn co-occurrence, and serving's sparse scores equal the fit's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recstack.stages.item_item import history_weights
+from serving.stages.retrieve import ItemItemIndex, UserState
+from training.interactions import Interactions
+from training.item_item import fit_ease, history_matrix
+
+
+def _two_taste_groups(n_users: int = 200, seed: int = 0) -> Interactions:
+    """Users like items 0-9 or items 10-19 (never both); every user also watched item 20 and rated it low."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        group = u % 2
+        picks = rng.choice(10, 6, replace=False) + 10 * group
+        users += [u] * 7
+        items += [*picks.tolist(), 20]
+    n = len(users)
+    kind = np.full(n, "rating", object)
+    value = np.where(np.array(items) == 20, 1.0, 5.0).astype(np.float32)
+    return Interactions(np.array(users, np.int32), np.array(items, np.int32), kind, value, np.arange(n, dtype=np.int64))
+
+
+def test_history_weights_touched_half_positive_full_negative_zero() -> None:
+    kind = np.array(["rating", "rating", "view", "like", "dislike", "skip"], object)
+    value = np.array([5.0, 2.0, np.nan, np.nan, np.nan, np.nan])
+    assert history_weights(kind, value).tolist() == [1.0, 0.5, 0.5, 1.0, 0.0, 0.0]
+
+
+def test_ease_neighbours_recommend_the_users_own_taste_group() -> None:
+    events = _two_taste_groups()
+    ii = fit_ease(history_matrix(events, 200, 21), l2=10.0, neighbours=10)
+    scores = ii.scores(np.array([0, 1, 2]), np.ones(3, np.float32))  # a user who liked 0, 1, 2
+    assert scores[3:10].min() > scores[10:20].max()  # the user's taste group above the other group
+
+
+def test_serving_scores_equal_the_offline_scores() -> None:
+    events = _two_taste_groups()
+    ii = fit_ease(history_matrix(events, 200, 21), l2=10.0, neighbours=10)
+    item_ids = np.arange(21, dtype=np.int64) * 7 + 100  # internal ids in Postgres, sorted
+    index = ItemItemIndex(item_ids, ii)
+    mine = events.user == 3
+    state = UserState(
+        user_vector=None,
+        recent_cf=np.empty((0, 64), np.float32),
+        recent_content=np.empty((0, 384), np.float32),
+        seen=[],
+        history_item_ids=item_ids[events.item[mine]],
+        history_types=events.event_type[mine],
+        history_values=events.value[mine].astype(np.float64),
+    )
+    row = history_matrix(events, 200, 21)[3]
+    online = index.scores(state)
+    assert online is not None
+    np.testing.assert_allclose(online, ii.scores(row.indices, row.data), rtol=1e-6)
+    top = index.top(online, state.history_item_ids, 5)
+    assert not set(top.tolist()) & set(state.history_item_ids.tolist())  # seen items never come back

@@ -1,0 +1,56 @@
+"""Fitting the item-item candidate source: EASE^R (Steck 2019, "Embarrassingly Shallow Autoencoders") over the
+watched/liked history matrix (recstack.stages.item_item), kept as each item's top-N neighbours.
+
+EASE needs an items x items inverse, so it is fit on the ``max_items`` most touched items (the head); each row
+keeps its ``neighbours`` largest weights, and the same sparse matrix scores offline and online.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from recstack.stages.item_item import ItemItem, history_weights
+from training.interactions import Interactions
+
+NEIGHBOURS = 200
+MAX_ITEMS = 8000
+L2 = 100.0
+
+
+def history_matrix(events: Interactions, n_users: int, n_items: int) -> sparse.csr_matrix:
+    """users x items, the strongest history weight of each pair."""
+    weight = history_weights(events.event_type, events.value)
+    keep = weight > 0
+    key = events.user[keep].astype(np.int64) * n_items + events.item[keep]
+    unique, inverse = np.unique(key, return_inverse=True)
+    best = np.zeros(len(unique), np.float32)
+    np.maximum.at(best, inverse, weight[keep])
+    return sparse.csr_matrix((best, (unique // n_items, unique % n_items)), shape=(n_users, n_items))
+
+
+def fit_ease(
+    x: sparse.csr_matrix, l2: float = L2, max_items: int = MAX_ITEMS, neighbours: int = NEIGHBOURS
+) -> ItemItem:
+    """B = I - P / diag(P), P = (X'X + l2 I)^-1 on the head items; each row cut to its top ``neighbours``."""
+    n_items = x.shape[1]
+    touched = np.asarray((x > 0).sum(0)).ravel()
+    head = np.sort(np.argsort(-touched, kind="stable")[: min(max_items, int((touched > 0).sum()))])
+    if len(head) < 2:
+        return ItemItem.empty(n_items)
+    xh = x[:, head].astype(np.float64)
+    gram = (xh.T @ xh).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0)
+    keep = min(neighbours, len(head) - 1)
+    top = np.argpartition(-b, keep - 1, axis=1)[:, :keep]
+    values = np.take_along_axis(b, top, axis=1).astype(np.float32)
+    rows = np.repeat(head, keep)
+    matrix = sparse.csr_matrix((values.ravel(), (rows, head[top].ravel())), shape=(n_items, n_items))
+    return ItemItem(matrix.astype(np.float32))
+
+
+def fit(events: Interactions, n_users: int, n_items: int) -> ItemItem:
+    return fit_ease(history_matrix(events, n_users, n_items))
