@@ -144,9 +144,18 @@ def demo(
         console.print("the promoted model is up to date: reusing it (`recstack train` retrains)")
     else:
         console.print(f"training: {reason}")
-        train(trials=trials, smoke=False, epochs=6, ranker_users=1500, promote=True, force=False, seed=seed)
+        train(
+            trials=trials,
+            smoke=False,
+            epochs=6,
+            protocol="random",
+            ranker_users=1500,
+            promote=True,
+            force=False,
+            seed=seed,
+        )
     console.rule("6. offline evaluation")
-    evaluate(json_path=None, users=500, version=None)
+    evaluate(json_path=None, users=500, version=None, protocol=None)
     if not serve_api:
         console.print("next: [bold]recstack serve[/], [bold]recstack down[/] to stop the servers")
         return

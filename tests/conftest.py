@@ -54,7 +54,7 @@ def clean_db(stack_settings: Settings) -> Settings:
     return stack_settings
 
 
-def load_featured(settings: Settings, batch: object) -> None:
+def load_featured(settings: Settings, batch: object, source: str = "synthetic") -> None:
     """Empty every data table, load ``batch``, build features, apply the Feast repo from scratch and materialize."""
     import psycopg
 
@@ -68,7 +68,7 @@ def load_featured(settings: Settings, batch: object) -> None:
             "TRUNCATE events, items, users, user_features, item_features, feature_watermarks, user_realtime, "
             "item_vectors, user_vectors, impressions RESTART IDENTITY CASCADE"
         )
-        load_batch(conn, batch, "synthetic")  # type: ignore[arg-type]
+        load_batch(conn, batch, source)  # type: ignore[arg-type]
         build_features(conn)
     settings.feast_registry.unlink(missing_ok=True)
     with stack.redis_client(settings) as client:

@@ -196,14 +196,20 @@ def _join_chunk(args: tuple[pd.DataFrame, str]) -> pd.DataFrame:
 
 
 def subsample_unlabelled(frame: pd.DataFrame, per_user: int, seed: int) -> pd.DataFrame:
-    """Keep every labelled row and at most ``per_user`` random unlabelled ("none", label 1) rows per user.
+    """Keep every labelled row and at most ``per_user`` unlabelled ("none", label 1) rows per user: half of them the
+    user's hardest (the best item-item, then collaborative, scores), half at random.
 
     Nearly all candidates are unlabelled (a user acts on a handful of the ~300); pairwise and listwise losses learn
     from (labelled, unlabelled) pairs, so a sample of the unlabelled rows keeps the signal at a fraction of the
-    feature-join cost.
+    feature-join cost. The hard half matters: the slate's top 10 is decided among the best-scored candidates, and a
+    random sample holds few of them (the ranker then learned an easier problem than the one it serves).
     """
     rng = np.random.default_rng(seed)
-    key = rng.random(len(frame))
-    rank = pd.Series(key).groupby(frame["user"].to_numpy()).rank(method="first").to_numpy()
-    keep = (frame["label"].to_numpy() != 1) | (rank <= per_user)
+    users = frame["user"].to_numpy()
+    unlabelled = frame["label"].to_numpy() == 1
+    random_rank = pd.Series(rng.random(len(frame))).groupby(users).rank(method="first").to_numpy()
+    order = frame["ii_score"].to_numpy(np.float64) * 1e3 + frame["cf_score"].to_numpy(np.float64)
+    hard_rank = pd.Series(-np.where(unlabelled, order, -np.inf)).groupby(users).rank(method="first").to_numpy()
+    hard = per_user // 2
+    keep = ~unlabelled | (hard_rank <= hard) | (random_rank <= per_user - hard)
     return frame[keep].reset_index(drop=True)

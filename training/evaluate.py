@@ -202,8 +202,8 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
         seed=int(window.get("seed", 42)),
         progress=lambda epoch, loss: step("embeddings", epoch, cfg.epochs),
     )
-    history_x = item_item.history_matrix(test.before, catalog.n_users, n_items)
-    ii: ItemItem = item_item.fit_ease(history_x)
+    ii: ItemItem = item_item.fit_ease(item_item.history_matrix(test.before, catalog.n_users, n_items))
+    history_x = item_item.query_matrix(test.before, catalog.n_users, n_items)
     timings["refit_on_history_s"] = round(time.perf_counter() - started, 2)
     item_cf = np.where(embeddings.trained_items[:, None], embeddings.item, 0).astype(np.float32)
 

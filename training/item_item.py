@@ -8,9 +8,10 @@ keeps its ``neighbours`` largest weights, and the same sparse matrix scores offl
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import sparse
 
-from recstack.stages.item_item import ItemItem, history_weights
+from recstack.stages.item_item import ItemItem, history_weights, recency_factor
 from training.interactions import Interactions
 
 NEIGHBOURS = 200
@@ -27,6 +28,20 @@ def history_matrix(events: Interactions, n_users: int, n_items: int) -> sparse.c
     best = np.zeros(len(unique), np.float32)
     np.maximum.at(best, inverse, weight[keep])
     return sparse.csr_matrix((best, (unique // n_items, unique % n_items)), shape=(n_users, n_items))
+
+
+def query_matrix(events: Interactions, n_users: int, n_items: int) -> sparse.csr_matrix:
+    """users x items, what each user's item-item query holds: the strongest weight x the recency factor of the
+    pair's latest event (recstack.stages.item_item.query_weights, row by row)."""
+    weight = history_weights(events.event_type, events.value)
+    keep = weight > 0
+    frame = pd.DataFrame(
+        {"user": events.user[keep], "item": events.item[keep], "w": weight[keep], "ts": events.ts[keep]}
+    )
+    pairs = frame.groupby(["user", "item"], sort=False).agg(w=("w", "max"), ts=("ts", "max")).reset_index()
+    rank = pairs.groupby("user")["ts"].rank(ascending=False, method="first").to_numpy() - 1
+    values = pairs["w"].to_numpy(np.float32) * recency_factor(rank)
+    return sparse.csr_matrix((values, (pairs["user"], pairs["item"])), shape=(n_users, n_items))
 
 
 def fit_ease(

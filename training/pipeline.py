@@ -245,7 +245,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         catalog,
         history,
         valid,
-        retrieval_inputs(e1, content, ii1, x1),
+        retrieval_inputs(e1, content, ii1, item_item.query_matrix(history, catalog.n_users, catalog.n_items)),
         config.retrieval,
         config.ranker_users,
         config.unlabelled_per_user,

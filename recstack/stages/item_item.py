@@ -15,6 +15,12 @@ import numpy as np
 from scipy import sparse
 
 POSITIVE_RATING = 3.5  # on the stored 1..5 scale (MovieLens half stars: 3.5 and up)
+# Query-side recency: the i-th most recent history item (0 = newest) weighs FLOOR + (1 - FLOOR) * exp(-i / ITEMS).
+# The fit uses no recency. ml-latest-small, EASE l2=100, NDCG@10 (temporal / random protocol): no recency
+# 0.104 / 0.291; floor 0.3 0.122 / 0.245; floor 0.5 0.115 / 0.278; floor 0.7 0.110 / 0.287; floor 0.85 0.107 /
+# 0.289. 0.7 keeps the random-holdout figure within 1.5% and gains 6% on the latest items a user will choose.
+RECENCY_FLOOR = 0.7
+RECENCY_ITEMS = 30.0
 _TOUCH_TYPES = ("rating", "view", "click", "purchase", "like")
 _POSITIVE_TYPES = ("click", "purchase", "like")
 
@@ -30,13 +36,25 @@ def history_weights(event_type: np.ndarray, value: np.ndarray) -> np.ndarray:
     return (0.5 * touched + 0.5 * positive).astype(np.float32)
 
 
-def strongest_per_item(items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct items with weight > 0, the strongest weight of each)."""
+def recency_factor(rank: np.ndarray) -> np.ndarray:
+    return (RECENCY_FLOOR + (1 - RECENCY_FLOOR) * np.exp(-np.asarray(rank, np.float64) / RECENCY_ITEMS)).astype(
+        np.float32
+    )
+
+
+def query_weights(items: np.ndarray, weights: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One user's history as the item-item query: (distinct items with weight > 0, strongest weight x recency factor
+    of the item's latest event)."""
     keep = weights > 0
-    unique, inverse = np.unique(items[keep], return_inverse=True)
+    items, weights, ts = items[keep], weights[keep], np.asarray(ts, np.int64)[keep]
+    unique, inverse = np.unique(items, return_inverse=True)
     best = np.zeros(len(unique), np.float32)
-    np.maximum.at(best, inverse, weights[keep])
-    return unique, best
+    np.maximum.at(best, inverse, weights)
+    latest = np.full(len(unique), np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(latest, inverse, ts)
+    rank = np.empty(len(unique), np.int64)
+    rank[np.argsort(-latest, kind="stable")] = np.arange(len(unique))
+    return unique, best * recency_factor(rank)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from psycopg import sql
 
-from recstack.stages.item_item import ItemItem, history_weights, strongest_per_item
+from recstack.stages.item_item import ItemItem, history_weights, query_weights
 
 SOURCE_FEATURES = ["cf_score", "content_score", "log_popularity", "from_cf", "from_content", "from_popular"]
 ITEM_ITEM_FEATURES = ["ii_score", "from_ii"]
@@ -250,6 +250,7 @@ class UserState:
     history_item_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # internal ids, per event
     history_types: np.ndarray = field(default_factory=lambda: np.empty(0, object))
     history_values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    history_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # unix seconds
 
 
 @dataclass
@@ -267,7 +268,7 @@ class ItemItemIndex:
             return None
         weights = history_weights(state.history_types, state.history_values)
         position, found = self.positions(state.history_item_ids)
-        items, best = strongest_per_item(position, weights[found])
+        items, best = query_weights(position, weights[found], state.history_ts[found])
         if not len(items):
             return None
         return self.model.scores(items, best)
@@ -305,9 +306,10 @@ class CandidateSet:
 
 
 USER_STATE_SQL = """
-SELECT (SELECT cf FROM user_vectors WHERE external_id = %(user)s), h.seen, h.item_ids, h.types, h.vals
+SELECT (SELECT cf FROM user_vectors WHERE external_id = %(user)s), h.seen, h.item_ids, h.types, h.vals, h.ts
 FROM (SELECT coalesce(array_agg(i.external_id), '{}') AS seen, array_agg(e.item_id) AS item_ids,
-             array_agg(e.event_type) AS types, array_agg(e.value) AS vals
+             array_agg(e.event_type) AS types, array_agg(e.value) AS vals,
+             array_agg(extract(epoch FROM e.occurred_at)::bigint) AS ts
       FROM events e JOIN users u ON u.user_id = e.user_id JOIN items i ON i.item_id = e.item_id
       WHERE u.external_id = %(user)s) h
 """
@@ -328,7 +330,7 @@ def _array(value: object) -> np.ndarray:
 
 def user_state(conn, user_id: str, recent: list[str]) -> UserState:  # type: ignore[no-untyped-def]
     """User vector, recent items' vectors (order kept) and the seen set: two statements on one connection."""
-    user_vector, seen, item_ids, types, values = conn.execute(USER_STATE_SQL, {"user": user_id}).fetchone()
+    user_vector, seen, item_ids, types, values, ts = conn.execute(USER_STATE_SQL, {"user": user_id}).fetchone()
     rows = conn.execute(RECENT_SQL, {"recent": recent}).fetchall() if recent else []
     cf = [_array(r[1]) for r in rows if r[1] is not None]
     content = [_array(r[2]) for r in rows if r[2] is not None]
@@ -340,6 +342,7 @@ def user_state(conn, user_id: str, recent: list[str]) -> UserState:  # type: ign
         history_item_ids=np.asarray(item_ids or [], np.int64),
         history_types=np.asarray(types or [], object),
         history_values=np.asarray([np.nan if v is None else v for v in values or []], np.float64),
+        history_ts=np.asarray(ts or [], np.int64),
     )
 
 

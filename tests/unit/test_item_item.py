@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from recstack.stages.item_item import history_weights
+from recstack.stages.item_item import RECENCY_FLOOR, history_weights, query_weights
 from serving.stages.retrieve import ItemItemIndex, UserState
 from training.interactions import Interactions
-from training.item_item import fit_ease, history_matrix
+from training.item_item import fit_ease, history_matrix, query_matrix
 
 
 def _two_taste_groups(n_users: int = 200, seed: int = 0) -> Interactions:
@@ -23,6 +23,12 @@ def _two_taste_groups(n_users: int = 200, seed: int = 0) -> Interactions:
     kind = np.full(n, "rating", object)
     value = np.where(np.array(items) == 20, 1.0, 5.0).astype(np.float32)
     return Interactions(np.array(users, np.int32), np.array(items, np.int32), kind, value, np.arange(n, dtype=np.int64))
+
+
+def test_the_query_weighs_recent_items_more() -> None:
+    items, weights = query_weights(np.array([5, 6, 7, 5]), np.ones(4, np.float32), np.array([10, 30, 20, 40]))
+    assert items.tolist() == [5, 6, 7]
+    assert weights[0] > weights[1] > weights[2] >= RECENCY_FLOOR  # 5 newest (its latest event), then 6, then 7
 
 
 def test_history_weights_touched_half_positive_full_negative_zero() -> None:
@@ -52,8 +58,9 @@ def test_serving_scores_equal_the_offline_scores() -> None:
         history_item_ids=item_ids[events.item[mine]],
         history_types=events.event_type[mine],
         history_values=events.value[mine].astype(np.float64),
+        history_ts=events.ts[mine],
     )
-    row = history_matrix(events, 200, 21)[3]
+    row = query_matrix(events, 200, 21)[3]
     online = index.scores(state)
     assert online is not None
     np.testing.assert_allclose(online, ii.scores(row.indices, row.data), rtol=1e-6)
