@@ -200,10 +200,17 @@ def main() -> None:
     slates.update(baseline_slates(train, users, low, high))
     timings["baselines"] = round(time.perf_counter() - started, 1)
 
+    counts = train.groupby("movie").size()
+    order = counts.sort_values(ascending=False, kind="stable")
+    head = set(order.index[: int(np.searchsorted(np.cumsum(order.to_numpy()) / order.sum(), 0.8)) + 1].tolist())
     results = {}
     for method, method_slates in slates.items():
         row = metrics.accuracy(method_slates, relevant, 10)
         results[method] = {k: round(v, 4) for k, v in row.items() if k in ("ndcg@10", "recall@10", "hitrate@10")}
+        shown = np.concatenate(method_slates) if method_slates else np.empty(0, np.int64)
+        results[method]["coverage@10"] = round(len(np.unique(shown)) / max(len(counts), 1), 4)
+        # exposure beyond the head: share of slate slots given to items outside the 80% interaction head
+        results[method]["long_tail_share@10"] = round(float(np.mean([m not in head for m in shown])), 4)
     served = metrics.per_user(slates["recstack_recommend"], relevant, 10)["ndcg"]
     vs = {}
     for base in ("ease", "item_knn", "popularity", "recstack_recommend_relevance_only"):
@@ -226,9 +233,10 @@ def main() -> None:
         "degraded_answers": degraded,
         "timings_s": timings,
     }
-    print(f"\n{args.protocol} protocol, {len(users)} users, NDCG@10 / Recall@10 / HitRate@10")
+    print(f"\n{args.protocol} protocol, {len(users)} users, NDCG@10 / Recall@10 / HitRate@10 / coverage / long tail")
     for method, row in results.items():
-        print(f"  {method:36s} {row['ndcg@10']:.4f}  {row['recall@10']:.4f}  {row['hitrate@10']:.4f}")
+        figures = [row[k] for k in ("ndcg@10", "recall@10", "hitrate@10", "coverage@10", "long_tail_share@10")]
+        print(f"  {method:36s} " + "  ".join(f"{v:.4f}" for v in figures))
     for base, row in vs.items():
         print(f"  /recommend vs {base}: {row['ratio']:.3f}x (95% CI {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f})")
     out = args.out or ROOT / "bench" / "results" / f"quality-{args.movielens.name}-{args.protocol}.json"

@@ -84,6 +84,8 @@ def rerank(candidates: Candidates, k: int, params: RerankParams) -> list[int]:
     cap = max(1, int(np.floor(params.max_provider_share * k)))
     chosen: list[int] = []
     providers, provider_of = np.unique(np.asarray(candidates.providers, dtype=object), return_inverse=True)
+    if len(providers) * cap < k:  # too few providers to fill the slate under the cap (MovieLens has one): no cap
+        cap = k
     provider_count = np.zeros(len(providers), dtype=np.int64)
     max_sim = np.full(n, 0.0)
     available = np.ones(n, dtype=bool)

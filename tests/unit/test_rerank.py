@@ -91,3 +91,17 @@ def test_request_overrides_apply_on_top_of_the_config_within_bounds() -> None:
         with pytest.raises(ValidationError) as err:
             RecommendRequest.model_validate({"user_id": "u1", "rerank": bad})
         assert err.value.errors()[0]["loc"][:2] == ("rerank", next(iter(bad)))
+
+
+def test_a_provider_cap_that_cannot_be_met_does_not_reorder_the_slate() -> None:
+    """One provider (MovieLens): a 40% cap cannot be met, so it must not push items around; the long-tail floor
+    still holds."""
+    n = 30
+    candidates = Candidates(
+        item_ids=[f"i{i}" for i in range(n)],
+        scores=np.linspace(1.0, 0.0, n),
+        providers=["movielens"] * n,
+        long_tail=np.arange(n) >= 20,
+    )
+    slate = rerank(candidates, 10, RerankParams(mmr_lambda=1.0, max_provider_share=0.4, long_tail_min=1))
+    assert slate[:9] == list(range(9)) and slate[9] == 20
