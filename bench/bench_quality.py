@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -60,12 +61,20 @@ def write_training_part(folder: Path, out: Path, name: str, frame: pd.DataFrame)
         frame.to_csv(out / name, sep="\t", header=False, index=False)
 
 
-def post(url: str, body: dict, timeout: float = 10.0) -> dict:
+def post(url: str, body: dict, timeout: float = 10.0, retries: int = 5) -> dict:
+    """POST as a client should: a 503 (overload, Retry-After) is retried after the time it asks for."""
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=timeout) as answer:
-        return json.loads(answer.read())
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == retries:
+                raise
+            time.sleep(float(err.headers.get("Retry-After") or 1))
+    raise AssertionError("unreachable")
 
 
 def baseline_slates(train: pd.DataFrame, users: np.ndarray, low: float, high: float) -> dict[str, list[np.ndarray]]:

@@ -73,7 +73,8 @@ def build_test_set(catalog: Catalog, events: Interactions, holdout: protocols.Ho
     by_user = positive[positive["user"].isin(users)].groupby("user")
     relevant = [dict(zip(g["item"].tolist(), g["grade"].astype(int).tolist(), strict=True)) for _, g in by_user]
     hist = dataset.history(before, catalog.n_users)
-    return TestSet(users, relevant, hist, before, pd.Series(before.ts).groupby(before.user).max() + 1)
+    # Features point-in-time at the user's first test event: later, the test events are inside the aggregates.
+    return TestSet(users, relevant, hist, before, dataset.first_event_ts(window))
 
 
 def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
