@@ -44,6 +44,7 @@ from serving.stages.retrieve import (
     RetrievalParams,
     configure_connection,
     retrieve,
+    source_order,
 )
 
 log = logging.getLogger("recstack.serving")
@@ -261,7 +262,7 @@ class Ranker:
         held-out groups (``order_by`` in its record) orders by that source's score instead."""
         found = self.model(version)
         if found is not None and found[4] is not None:
-            return candidates.features[:, CANDIDATE_FEATURES.index(found[4])].astype(np.float64), found[0]
+            return source_order(candidates.features, found[4]), found[0]
         version, model, columns, _, categorical = self._matrix(user, items, candidates, ctx, version)
         return score(model, columns, categorical), version
 

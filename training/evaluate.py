@@ -28,7 +28,7 @@ import psycopg
 from recstack import stack
 from recstack.settings import Settings
 from serving.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
-from serving.stages.retrieve import RetrievalParams
+from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
 from training import baselines, dataset, metrics, protocols, registry
 from training.batch import ensure_ray
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions
@@ -113,7 +113,7 @@ def ranked_candidates(
     frame = dataset.join_features(open_store(settings), frame, catalog, test.first_ts, progress=progress)
     order_by = record.params.get("order_by")
     if order_by:  # the ranker did not beat this source on held-out groups: serving orders by it
-        frame["score"] = frame[order_by].astype(np.float64)
+        frame["score"] = source_order(frame[CANDIDATE_FEATURES].to_numpy(np.float64), order_by)
         return frame
     model = registry.load_verified(record)
     categorical = record.params.get("categorical", [])

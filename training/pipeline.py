@@ -30,7 +30,7 @@ from recstack import stack
 from recstack.settings import Settings
 from recstack.stages.item_item import ItemItem
 from serving.stages.rank import model_input
-from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams
+from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
 from training import dataset, protocols, registry
 from training.batch import ensure_ray
 from training.embeddings import EmbeddingModel, train_embeddings
@@ -298,7 +298,10 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     guard = labelled_candidates(catalog, history, valid, retrieval_1, config.retrieval, guard_users)
     guard = sort_by_group(dataset.join_features(store, guard, catalog, dataset.first_event_ts(valid)), "user")
     guard["ranker"] = model.predict(to_ranker_data(guard, features, categorical).features)
-    orders = source_orders_ndcg(guard, ["ranker", *ORDER_SOURCES])
+    for source in ORDER_SOURCES:  # as serving orders by a source (new items by content)
+        guard[source + "_order"] = source_order(guard[CANDIDATE_FEATURES].to_numpy(np.float64), source)
+    orders = source_orders_ndcg(guard, ["ranker", *(s + "_order" for s in ORDER_SOURCES)])
+    orders = {k.removesuffix("_order"): v for k, v in orders.items()}
     timed("ranker_vs_sources_s", started)
     best_source = max(ORDER_SOURCES, key=lambda c: orders[c])
     order_by = None if orders["ranker"] >= orders[best_source] else best_source

@@ -25,6 +25,21 @@ ITEM_ITEM_FEATURES = ["ii_score", "from_ii"]
 # interests has a recent item close to the candidate even when the blended query vector is not.
 SIMILARITY_FEATURES = ["user_score", "recent_mean_score", "recent_max_score", "recent_count"]
 CANDIDATE_FEATURES = [*SOURCE_FEATURES, *ITEM_ITEM_FEATURES, *SIMILARITY_FEATURES]
+
+
+def source_order(features: np.ndarray, source: str) -> np.ndarray:
+    """Scores when a model serves one source's order (its ranker did not beat that source): the source's score, and
+    for items neither collaborative source can score (new items: no vector, no neighbours) their content similarity
+    times the best source score among the candidates, so a near-duplicate of what the user liked still comes first.
+    ``features`` are CANDIDATE_FEATURES columns."""
+    column = {name: features[:, n].astype(np.float64) for n, name in enumerate(CANDIDATE_FEATURES)}
+    scores = column[source].copy()
+    cold = (column["ii_score"] == 0) & (column["cf_score"] == 0)
+    top = float(scores[~cold].max()) if (~cold).any() else 1.0
+    scores[cold] = np.clip(column["content_score"][cold], 0, 1) * max(top, 0.0)
+    return scores
+
+
 RECENCY_DECAY = 0.85  # weight of the i-th most recent item: decay ** i
 USER_VECTOR_WEIGHT = 0.5  # blend of the long-term user vector and the recent-items vector
 

@@ -66,3 +66,15 @@ def test_serving_scores_equal_the_offline_scores() -> None:
     np.testing.assert_allclose(online, ii.scores(row.indices, row.data), rtol=1e-6)
     top = index.top(online, state.history_item_ids, 5)
     assert not set(top.tolist()) & set(state.history_item_ids.tolist())  # seen items never come back
+
+
+def test_a_served_source_order_places_new_items_by_content() -> None:
+    from serving.stages.retrieve import CANDIDATE_FEATURES, source_order
+
+    features = np.zeros((3, len(CANDIDATE_FEATURES)), np.float32)
+    col = {name: n for n, name in enumerate(CANDIDATE_FEATURES)}
+    features[:, col["ii_score"]] = [0.8, 0.2, 0.0]  # the third item is new: no neighbours, no vector
+    features[:, col["cf_score"]] = [0.5, 0.4, 0.0]
+    features[:, col["content_score"]] = [0.1, 0.2, 0.95]
+    scores = source_order(features, "ii_score")
+    assert scores[0] > scores[2] > scores[1]  # a near-duplicate of the history comes right after the best item
