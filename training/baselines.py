@@ -55,10 +55,15 @@ def item_knn(x: sparse.csr_matrix, neighbours: int = 100, max_items: int = 8000)
 def ease(x: sparse.csr_matrix, l2: float = 200.0, max_items: int = 8000) -> ItemScorer:
     """EASE^R: B = I - P / diag(P), P = (X'X + l2 I)^-1 (Steck 2019, "Embarrassingly Shallow Autoencoders")."""
     head = _head(x, max_items)
-    xh = x[:, head].astype(np.float64)
+    return ItemScorer(x, head, ease_weights(x[:, head], l2).astype(np.float32))
+
+
+def ease_weights(x: sparse.csr_matrix, l2: float) -> np.ndarray:
+    """The dense EASE^R weights of the columns of ``x``: B = I - P / diag(P), P = (X'X + l2 I)^-1, diag(B) = 0."""
+    xh = x.astype(np.float64)
     gram = (xh.T @ xh).toarray()
     gram[np.diag_indices_from(gram)] += l2
     p = np.linalg.inv(gram)
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0)
-    return ItemScorer(x, head, b.astype(np.float32))
+    return b

@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import sparse
 
 from recstack.stages.item_item import ItemItem, history_weights, recency_factor
+from training.baselines import ease_weights
 from training.interactions import Interactions
 
 NEIGHBOURS = 200
@@ -53,12 +54,7 @@ def fit_ease(
     head = np.sort(np.argsort(-touched, kind="stable")[: min(max_items, int((touched > 0).sum()))])
     if len(head) < 2:
         return ItemItem.empty(n_items)
-    xh = x[:, head].astype(np.float64)
-    gram = (xh.T @ xh).toarray()
-    gram[np.diag_indices_from(gram)] += l2
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)[None, :]
-    np.fill_diagonal(b, 0)
+    b = ease_weights(x[:, head], l2)
     keep = min(neighbours, len(head) - 1)
     top = np.argpartition(-b, keep - 1, axis=1)[:, :keep]
     values = np.take_along_axis(b, top, axis=1).astype(np.float32)
