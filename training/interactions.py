@@ -133,28 +133,3 @@ def load_interactions(
         value=frame["value"].to_numpy(np.float32),
         ts=frame["ts"].to_numpy(np.int64),
     )
-
-
-@dataclass
-class TimeSplit:
-    """Train / validation / test windows by event time (no future leaks into training)."""
-
-    train: Interactions
-    valid: Interactions
-    test: Interactions
-    valid_start: int
-    test_start: int
-
-
-def time_split(events: Interactions, valid_days: float = 7, test_days: float = 7) -> TimeSplit:
-    """Last ``test_days`` are test, the ``valid_days`` before them validation, the rest training."""
-    end = int(events.ts.max()) + 1
-    test_start = end - int(test_days * 86400)
-    valid_start = test_start - int(valid_days * 86400)
-    return TimeSplit(
-        train=events.take(events.ts < valid_start),
-        valid=events.take((events.ts >= valid_start) & (events.ts < test_start)),
-        test=events.take(events.ts >= test_start),
-        valid_start=valid_start,
-        test_start=test_start,
-    )

@@ -61,7 +61,3 @@ def fit_ease(
     rows = np.repeat(head, keep)
     matrix = sparse.csr_matrix((values.ravel(), (rows, head[top].ravel())), shape=(n_items, n_items))
     return ItemItem(matrix.astype(np.float32))
-
-
-def fit(events: Interactions, n_users: int, n_items: int) -> ItemItem:
-    return fit_ease(history_matrix(events, n_users, n_items))

@@ -39,7 +39,6 @@ from training.ranker import RankerData, sort_by_group, train_ranker
 
 ProgressFn = Callable[[str, int, int], None]
 TRAIN_SUITES = ["users", "items", "events", "user_features", "item_features"]
-KEY_COLUMNS = ["user", "item", "label"]
 # Single sources the ranker has to beat on held-out groups (their score orders the slate when it does not).
 ORDER_SOURCES = ["ii_score", "cf_score"]
 GUARD_USERS = 2000  # early-stopping users whose whole candidate lists judge the ranker against the sources
@@ -77,27 +76,13 @@ class TrainReport:
 def retrieval_inputs(
     model: EmbeddingModel, content: np.ndarray, ii: ItemItem | None = None, history_x: Any = None
 ) -> dataset.Retrieval:
-    return retrieval_inputs_from_arrays(
-        model.user, model.item, model.trained_items, content, model.item_popularity, ii, history_x
-    )
-
-
-def retrieval_inputs_from_arrays(
-    user_cf: np.ndarray,
-    item_cf: np.ndarray,
-    trained: np.ndarray,
-    content: np.ndarray,
-    popularity: np.ndarray,
-    ii: ItemItem | None = None,
-    history_x: Any = None,
-) -> dataset.Retrieval:
     """What candidate generation sees, as serving stores it: items without a trained vector get none (zeros)."""
     return dataset.Retrieval(
-        user_cf=user_cf,
-        item_cf=np.where(trained[:, None], item_cf, 0).astype(np.float32),
+        user_cf=model.user,
+        item_cf=np.where(model.trained_items[:, None], model.item, 0).astype(np.float32),
         item_content=content,
-        log_popularity=np.log1p(popularity).astype(np.float32),
-        has_user_vector=np.abs(user_cf).sum(1) > 0,
+        log_popularity=np.log1p(model.item_popularity).astype(np.float32),
+        has_user_vector=np.abs(model.user).sum(1) > 0,
         item_item=ii,
         history_x=history_x,
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import psycopg
 
-from training.embeddings import DIM, EmbeddingModel
+from training.embeddings import EmbeddingModel
 from training.interactions import Catalog
 
 CONTENT_DIM = 384
@@ -162,28 +162,3 @@ def load_content_matrix(conn: psycopg.Connection, catalog: Catalog) -> np.ndarra
     valid = (position < catalog.n_items) & (catalog.item_ids[np.minimum(position, catalog.n_items - 1)] == ids)
     out[position[valid]] = matrix[valid]
     return out
-
-
-def load_cf_vectors(
-    conn: psycopg.Connection, catalog: Catalog
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The served vectors from pgvector in the catalog's dense order: (user, item, item has vector, popularity)."""
-
-    def aligned(ids: np.ndarray, matrix: np.ndarray, order: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(order), DIM), dtype=np.float32)
-        position = np.searchsorted(order, ids)
-        valid = (position < len(order)) & (order[np.minimum(position, len(order) - 1)] == ids)
-        out[position[valid]] = matrix[valid]
-        return out
-
-    user_ids, users = _parse_vectors(conn, "SELECT user_id, cf FROM user_vectors ORDER BY user_id", DIM)
-    item_ids, items = _parse_vectors(conn, "SELECT item_id, cf FROM item_vectors ORDER BY item_id", DIM)
-    item = aligned(item_ids, items, catalog.item_ids)
-    rows = conn.execute("SELECT item_id, popularity FROM item_vectors ORDER BY item_id").fetchall()
-    popularity = np.zeros(catalog.n_items, np.float32)
-    if rows:
-        ids = np.array([r[0] for r in rows], np.int64)
-        position = np.searchsorted(catalog.item_ids, ids)
-        ok = (position < catalog.n_items) & (catalog.item_ids[np.minimum(position, catalog.n_items - 1)] == ids)
-        popularity[position[ok]] = np.array([r[1] or 0.0 for r in rows], np.float32)[ok]
-    return aligned(user_ids, users, catalog.user_ids), item, np.abs(item).sum(1) > 0, popularity
