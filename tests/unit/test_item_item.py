@@ -78,3 +78,15 @@ def test_a_served_source_order_places_new_items_by_content() -> None:
     features[:, col["content_score"]] = [0.1, 0.2, 0.95]
     scores = source_order(features, "ii_score")
     assert scores[0] > scores[2] > scores[1]  # a near-duplicate of the history comes right after the best item
+
+
+def test_a_new_item_that_only_shares_genres_stays_below_every_scored_candidate() -> None:
+    from serving.stages.retrieve import CANDIDATE_FEATURES, source_order
+
+    features = np.zeros((4, len(CANDIDATE_FEATURES)), np.float32)
+    col = {name: n for n, name in enumerate(CANDIDATE_FEATURES)}
+    features[:, col["ii_score"]] = [0.8, 0.01, 0.0, 0.0]  # two new items: no neighbours, no vector
+    features[:, col["cf_score"]] = [0.5, 0.1, 0.0, 0.0]
+    features[:, col["content_score"]] = [0.1, 0.2, 0.7, 0.5]  # same genres, not a copy
+    scores = source_order(features, "ii_score")
+    assert list(np.argsort(-scores)) == [0, 1, 2, 3]  # scored items first, then new ones by content
