@@ -1,8 +1,13 @@
 """Fitting the item-item candidate source: EASE^R (Steck 2019, "Embarrassingly Shallow Autoencoders") over the
 watched/liked history matrix (recstack.stages.item_item), kept as each item's top-N neighbours.
 
-EASE needs an items x items inverse, so it is fit on the ``max_items`` most touched items (the head); each row
-keeps its ``neighbours`` largest weights, and the same sparse matrix scores offline and online.
+EASE needs an items x items inverse, so it is fit on the ``max_items`` most touched items (the head), and its rows
+are kept whole: the same matrix scores offline and online. Measured on ml-latest-small (protocol random, seed 2020,
+NDCG@10 of the item-item source scored by these functions, which reproduce /recommend's relevance-only figure):
+head 8000 cut to the top 200 weights per row 0.250; top 1000 0.254; top 200 by |weight| 0.262 (the negative
+weights carry signal); whole rows on a head of 1000 0.285, 2500 0.286, 4000 0.287. A head of 2500 keeps the
+inverse, the table (6.25M weights, 25 MB) and a replica's copy small; the tail beyond it comes from the other
+sources.
 """
 
 from __future__ import annotations
@@ -15,8 +20,7 @@ from recstack.stages.item_item import ItemItem, history_weights, recency_factor
 from training.baselines import ease_weights
 from training.interactions import Interactions
 
-NEIGHBOURS = 200
-MAX_ITEMS = 8000
+MAX_ITEMS = 2500
 L2 = 100.0
 
 
@@ -46,17 +50,17 @@ def query_matrix(events: Interactions, n_users: int, n_items: int) -> sparse.csr
 
 
 def fit_ease(
-    x: sparse.csr_matrix, l2: float = L2, max_items: int = MAX_ITEMS, neighbours: int = NEIGHBOURS
+    x: sparse.csr_matrix, l2: float = L2, max_items: int = MAX_ITEMS, neighbours: int | None = None
 ) -> ItemItem:
-    """B = I - P / diag(P), P = (X'X + l2 I)^-1 on the head items; each row cut to its top ``neighbours``."""
+    """B = I - P / diag(P), P = (X'X + l2 I)^-1 on the head items; rows whole, or cut to their top ``neighbours``."""
     n_items = x.shape[1]
     touched = np.asarray((x > 0).sum(0)).ravel()
     head = np.sort(np.argsort(-touched, kind="stable")[: min(max_items, int((touched > 0).sum()))])
     if len(head) < 2:
         return ItemItem.empty(n_items)
     b = ease_weights(x[:, head], l2)
-    keep = min(neighbours, len(head) - 1)
-    top = np.argpartition(-b, keep - 1, axis=1)[:, :keep]
+    keep = len(head) if neighbours is None else min(neighbours, len(head) - 1)
+    top = np.argpartition(-b, keep - 1, axis=1)[:, :keep] if keep < len(head) else np.tile(np.arange(keep), (keep, 1))
     values = np.take_along_axis(b, top, axis=1).astype(np.float32)
     rows = np.repeat(head, keep)
     matrix = sparse.csr_matrix((values.ravel(), (rows, head[top].ravel())), shape=(n_items, n_items))

@@ -1,5 +1,7 @@
-"""The ``item_neighbours`` table: the item-item source's sparse weights, written by training, read by serving and
-evaluation. Ids are the catalog's internal item ids; readers map them onto their own dense order."""
+"""The ``item_neighbours`` table: the item-item source's weights, written by training, read by serving. Ids are the
+catalog's internal item ids; readers map them onto their own dense order. Each row packs its neighbour ids (int64)
+and weights (float32) little-endian, so a 2500 x 2500 head moves as a few bytea values, not millions of array
+elements."""
 
 from __future__ import annotations
 
@@ -9,10 +11,14 @@ from scipy import sparse
 
 from recstack.stages.item_item import ItemItem
 
+_IDS = np.dtype("<i8")
+_WEIGHTS = np.dtype("<f4")
+
 
 def write(conn: psycopg.Connection, item_ids: np.ndarray, model: ItemItem, version: str) -> None:
     """Replace the stored neighbours (one transaction: readers see the old set or the new one)."""
     weights = model.weights.tocsr()
+    ids = np.asarray(item_ids, _IDS)
     with conn.transaction():
         conn.execute("DELETE FROM item_neighbours")
         with (
@@ -23,9 +29,9 @@ def write(conn: psycopg.Connection, item_ids: np.ndarray, model: ItemItem, versi
                 lo, hi = weights.indptr[row], weights.indptr[row + 1]
                 copy.write_row(
                     (
-                        int(item_ids[row]),
-                        [int(i) for i in item_ids[weights.indices[lo:hi]]],
-                        [float(w) for w in weights.data[lo:hi]],
+                        int(ids[row]),
+                        ids[weights.indices[lo:hi]].tobytes(),
+                        weights.data[lo:hi].astype(_WEIGHTS).tobytes(),
                         version,
                     )
                 )
@@ -40,12 +46,13 @@ def load(conn: psycopg.Connection, item_ids: np.ndarray) -> ItemItem:
     """The stored neighbours in the dense order of ``item_ids`` (sorted ascending); unknown ids are dropped."""
     n = len(item_ids)
     rows, cols, vals = [], [], []
-    with conn.cursor() as cur:
+    with conn.cursor(binary=True) as cur:
         cur.execute("SELECT item_id, neighbour_ids, weights FROM item_neighbours")
         for item_id, neighbour_ids, weights in cur:
-            rows.append(np.full(len(neighbour_ids), item_id, np.int64))
-            cols.append(np.asarray(neighbour_ids, np.int64))
-            vals.append(np.asarray(weights, np.float32))
+            neighbour = np.frombuffer(neighbour_ids, _IDS)
+            rows.append(np.full(len(neighbour), item_id, np.int64))
+            cols.append(neighbour.astype(np.int64))
+            vals.append(np.frombuffer(weights, _WEIGHTS).astype(np.float32))
     if not rows:
         return ItemItem.empty(n)
     r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)

@@ -43,6 +43,28 @@ def test_train_registers_promotes_and_stores_vectors(trained_stack: Settings) ->
     assert stored is not None and stored[0] > 0 and stored[1] == stored[2] == version  # the item-item source
 
 
+def test_item_neighbours_round_trip_through_postgres(trained_stack: Settings) -> None:
+    """Whole rows written by training come back exactly, in the reader's own dense id order (unknown ids dropped)."""
+    import numpy as np
+    from scipy import sparse
+
+    from recstack.stages.item_item import ItemItem
+    from recstack.tables import neighbours
+
+    rng = np.random.default_rng(3)
+    ids = np.array([11, 40, 41, 95, 300], np.int64)
+    dense = rng.normal(size=(5, 5)).astype(np.float32)
+    np.fill_diagonal(dense, 0.0)
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        neighbours.write(conn, ids, ItemItem(sparse.csr_matrix(dense)), "round-trip")
+        assert neighbours.version(conn) == "round-trip"
+        same = neighbours.load(conn, ids).weights.toarray()
+        fewer = neighbours.load(conn, ids[[0, 2, 3]]).weights.toarray()  # a replica that knows three of the items
+        conn.rollback()  # leave the trained set in place for the other tests
+    np.testing.assert_array_equal(same, dense)
+    np.testing.assert_array_equal(fewer, dense[np.ix_([0, 2, 3], [0, 2, 3])])
+
+
 def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "eval.json"
     result = subprocess.run(

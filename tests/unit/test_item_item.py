@@ -44,6 +44,15 @@ def test_ease_neighbours_recommend_the_users_own_taste_group() -> None:
     assert scores[3:10].min() > scores[10:20].max()  # the user's taste group above the other group
 
 
+def test_ease_keeps_whole_rows_over_the_head_by_default() -> None:
+    events = _two_taste_groups()
+    x = history_matrix(events, 200, 21)
+    whole = fit_ease(x, l2=10.0).weights.toarray()
+    head = fit_ease(x, l2=10.0, max_items=8).weights
+    assert np.count_nonzero(whole) > 21 * 10  # negative weights kept: no per-row cut
+    assert len(np.unique(head.nonzero()[0])) == 8 and len(np.unique(head.nonzero()[1])) <= 8  # head items only
+
+
 def test_serving_scores_equal_the_offline_scores() -> None:
     events = _two_taste_groups()
     ii = fit_ease(history_matrix(events, 200, 21), l2=10.0, neighbours=10)
