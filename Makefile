@@ -27,10 +27,10 @@ test: $(STAMP)  ## The whole test suite: unit + integration (real embedded Postg
 test-unit: $(STAMP)  ## Fast unit tests only (no servers)
 	$(BIN)/pytest tests/unit
 
-lint: $(STAMP)  ## ruff check + format check, mypy on serving/ and training/
+lint: $(STAMP)  ## ruff check + format check, mypy on every package
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy serving training
+	$(BIN)/mypy recstack serving training validation feature_repo bench
 
 format: $(STAMP)  ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -221,7 +222,7 @@ def main() -> None:
         # exposure beyond the head: share of slate slots given to items outside the 80% interaction head
         results[method]["long_tail_share@10"] = round(float(np.mean([m not in head for m in shown])), 4)
     served = metrics.per_user(slates["recstack_recommend"], relevant, 10)["ndcg"]
-    vs = {}
+    vs: dict[str, dict[str, Any]] = {}
     for base in ("ease", "item_knn", "popularity", "recstack_recommend_relevance_only"):
         ratio, lo, hi = metrics.paired_bootstrap_ratio(served, metrics.per_user(slates[base], relevant, 10)["ndcg"])
         vs[base] = {"ratio": round(ratio, 4), "ci95": [round(lo, 4), round(hi, 4)]}
@@ -246,8 +247,9 @@ def main() -> None:
     for method, row in results.items():
         figures = [row[k] for k in ("ndcg@10", "recall@10", "hitrate@10", "coverage@10", "long_tail_share@10")]
         print(f"  {method:36s} " + "  ".join(f"{v:.4f}" for v in figures))
-    for base, row in vs.items():
-        print(f"  /recommend vs {base}: {row['ratio']:.3f}x (95% CI {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f})")
+    for base, versus in vs.items():
+        lo, hi = versus["ci95"]
+        print(f"  /recommend vs {base}: {versus['ratio']:.3f}x (95% CI {lo:.3f}-{hi:.3f})")
     out = args.out or ROOT / "bench" / "results" / f"quality-{args.movielens.name}-{args.protocol}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))

@@ -22,6 +22,7 @@ import asyncio
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -101,7 +102,7 @@ def direct_targets(app: str) -> list[str]:
 
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     for _ in range(60):
-        groups = ray.get(controller.get_target_groups.remote(app))
+        groups: list[Any] = ray.get(controller.get_target_groups.remote(app))
         targets = [t for g in groups if str(g.protocol).upper().endswith("HTTP") for t in g.targets]
         if targets and all("proxy" not in t.name.lower() for t in targets):
             # Targets carry the node's IP; the replicas here listen where the proxy does (127.0.0.1).

@@ -36,7 +36,7 @@ def main() -> None:
             "JOIN (SELECT item_id, count(*) n FROM events GROUP BY item_id) e USING (item_id), unnest(i.categories) c "
             "WHERE cardinality(i.categories) = 1 GROUP BY c ORDER BY count(*) DESC LIMIT 1"
         ).fetchone()  # type: ignore[misc]
-        categories = dict(conn.execute("SELECT external_id, categories FROM items").fetchall())
+        categories: dict[str, list[str]] = dict(conn.execute("SELECT external_id, categories FROM items").fetchall())
     backend = local_backend(settings, AppConfig(deadline_ms=5000))
     for n, item in enumerate(liked):
         event = FeedbackEvent(event_id=f"{args.user}-{n}", user_id=args.user, item_id=item, type="like")

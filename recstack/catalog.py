@@ -27,6 +27,10 @@ def summarize(conn: psycopg.Connection) -> CatalogSummary:
         "(SELECT min(occurred_at)::text FROM events), (SELECT max(occurred_at)::text FROM events)"
     ).fetchone()
     assert one is not None
-    domains = dict(conn.execute("SELECT domain, count(*) FROM items GROUP BY domain ORDER BY 2 DESC").fetchall())
-    types = dict(conn.execute("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC").fetchall())
+    domains: dict[str, int] = dict(
+        conn.execute("SELECT domain, count(*) FROM items GROUP BY domain ORDER BY 2 DESC").fetchall()
+    )
+    types: dict[str, int] = dict(
+        conn.execute("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    )
     return CatalogSummary(one[0], one[1], one[2], one[3], domains, types, one[4], one[5])

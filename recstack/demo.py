@@ -87,7 +87,9 @@ def _feedback_round(settings, url: str, user: str) -> None:  # type: ignore[no-u
     second = _post(f"{url}/recommend", {"user_id": user, "k": 10})
     with db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s) as conn:
         ids = [i["item_id"] for i in first["items"] + second["items"]] + liked
-        categories = dict(conn.execute("SELECT external_id, categories FROM items WHERE external_id = ANY(%s)", (ids,)))
+        categories: dict[str, list[str]] = dict(
+            conn.execute("SELECT external_id, categories FROM items WHERE external_id = ANY(%s)", (ids,))
+        )
     _show_slate(f"first slate for {user}", first, categories)
     console.print(f"{user} likes 5 [bold]{category}[/] items: {', '.join(liked)}")
     _show_slate(f"second slate for {user} (after the likes)", second, categories)
@@ -130,7 +132,7 @@ def demo(
         for result in build_features(conn):
             console.print(f"{result.table}: {result.days} day(s) rebuilt, {result.rows_added:+,} rows")
     try:
-        validate(suite=None, docs=True)
+        validate(suite=None, docs=True, show_rows=False)
     except typer.Exit as exit_:
         if exit_.exit_code:
             raise

@@ -14,7 +14,7 @@ SHOWN_ROWS = 5
 
 
 def validate(
-    suite: list[str] = typer.Option(None, "--suite", "-s", help="Suite to run (repeatable); default all."),
+    suite: list[str] | None = typer.Option(None, "--suite", "-s", help="Suite to run (repeatable); default all."),
     docs: bool = typer.Option(True, help="Write Data Docs HTML under RECSTACK_HOME/reports/data_docs."),
     show_rows: bool = typer.Option(
         False,
