@@ -28,13 +28,23 @@ def run_load(batch: Batch, source: str, notes: list[str] | None = None) -> LoadR
 
 def print_report(report: LoadReport, notes: list[str] | None = None) -> None:
     table = Table(
-        "source", "rows read", "users", "items", "events", "duplicates", "rejected", "time", title="ingest summary"
+        "source",
+        "rows read",
+        "users",
+        "items",
+        "items updated",
+        "events",
+        "duplicates",
+        "rejected",
+        "time",
+        title="ingest summary",
     )
     table.add_row(
         report.source,
         f"{report.rows_read:,}",
         f"{report.users_loaded:,}",
         f"{report.items_loaded:,}",
+        f"{report.items_updated:,}",
         f"{report.events_loaded:,}",
         f"{report.events_duplicate:,}",
         f"{report.rejected:,}",

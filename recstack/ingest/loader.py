@@ -1,8 +1,10 @@
 """Write a ``Batch`` into Postgres atomically: COPY into temp staging tables, then merge.
 
 Everything happens in one transaction, so a fatal error leaves the database unchanged. Re-imports add nothing:
-users/items merge on their external id and events on ``event_id`` (``ON CONFLICT DO NOTHING``). Rows the database
-would refuse (unknown item, bad type, over-long id) are filtered in SQL and reported by source file and line.
+users merge on their external id and events on ``event_id`` (``ON CONFLICT DO NOTHING``); an item whose external id
+exists takes the new domain, title, categories, description, provider and attributes (a changed catalog row is
+counted as updated, and ``recstack train`` re-encodes its content vector because its text hash changed). Rows the
+database would refuse (unknown item, bad type, over-long id) are filtered in SQL and reported by source file and line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class LoadReport:
     rows_read: int = 0
     users_loaded: int = 0
     items_loaded: int = 0
+    items_updated: int = 0
     events_loaded: int = 0
     events_duplicate: int = 0
     rejected: int = 0
@@ -40,7 +43,7 @@ class LoadReport:
 
     @property
     def loaded(self) -> int:
-        return self.users_loaded + self.items_loaded + self.events_loaded
+        return self.users_loaded + self.items_loaded + self.items_updated + self.events_loaded
 
 
 def _pg_array(values: object) -> str:
@@ -79,7 +82,8 @@ def _load_users(cur: psycopg.Cursor, users: pd.DataFrame, progress: ProgressFn |
     return cur.rowcount
 
 
-def _load_items(cur: psycopg.Cursor, items: pd.DataFrame, progress: ProgressFn | None) -> int:
+def _load_items(cur: psycopg.Cursor, items: pd.DataFrame, progress: ProgressFn | None) -> tuple[int, int]:
+    """Returns (added, updated); rows equal to the stored ones count as neither."""
     cur.execute(
         "CREATE TEMP TABLE stage_items (external_id text, domain text, title text, categories text[], "
         "description text, provider_id text, attributes jsonb, created_at timestamptz) ON COMMIT DROP"
@@ -90,10 +94,17 @@ def _load_items(cur: psycopg.Cursor, items: pd.DataFrame, progress: ProgressFn |
         "INSERT INTO items (external_id, domain, title, categories, description, provider_id, attributes, created_at) "
         "SELECT external_id, domain, title, coalesce(categories, '{}'), coalesce(description, ''), provider_id, "
         "coalesce(attributes, '{}'), coalesce(created_at, now()) FROM stage_items "
-        "WHERE length(external_id) BETWEEN 1 AND %s ON CONFLICT (external_id) DO NOTHING",
+        "WHERE length(external_id) BETWEEN 1 AND %s ON CONFLICT (external_id) DO UPDATE SET "
+        "domain = EXCLUDED.domain, title = EXCLUDED.title, categories = EXCLUDED.categories, "
+        "description = EXCLUDED.description, provider_id = EXCLUDED.provider_id, attributes = EXCLUDED.attributes "
+        "WHERE (items.domain, items.title, items.categories, items.description, items.provider_id, items.attributes) "
+        "IS DISTINCT FROM (EXCLUDED.domain, EXCLUDED.title, EXCLUDED.categories, EXCLUDED.description, "
+        "EXCLUDED.provider_id, EXCLUDED.attributes) "
+        "RETURNING (xmax = 0) AS added",
         (MAX_ID_LEN,),
     )
-    return cur.rowcount
+    added = [row[0] for row in cur.fetchall()]
+    return sum(added), len(added) - sum(added)
 
 
 # Why a staged event is refused; NULL means it is loadable. Checked in SQL so nothing aborts the transaction.
@@ -157,7 +168,7 @@ def load_batch(conn: psycopg.Connection, batch: Batch, source: str, progress: Pr
         if len(batch.users):
             report.users_loaded = _load_users(cur, batch.users, progress)
         if len(batch.items):
-            report.items_loaded = _load_items(cur, batch.items, progress)
+            report.items_loaded, report.items_updated = _load_items(cur, batch.items, progress)
         if len(batch.events):
             users_before = cur.execute("SELECT count(*) FROM users").fetchone()[0]  # type: ignore[index]
             report.events_loaded, report.events_duplicate, db_rejected = _load_events(cur, batch.events, progress)

@@ -30,12 +30,34 @@ def test_synthetic_import_loads_everything_once(clean_db: Settings) -> None:
         first = load_batch(conn, batch, "synthetic")
         second = load_batch(conn, batch, "synthetic")
     assert (first.users_loaded, first.items_loaded, first.events_loaded, first.rejected) == (300, 120, 6000, 0)
-    assert (second.users_loaded, second.items_loaded, second.events_loaded) == (0, 0, 0)
+    assert (second.users_loaded, second.items_loaded, second.items_updated, second.events_loaded) == (0, 0, 0, 0)
     assert second.events_duplicate == 6000
     assert _counts(clean_db) == (300, 120, 6000)
     with psycopg.connect(stack.postgres_dsn(clean_db)) as conn:
         categories = conn.execute("SELECT categories FROM items WHERE external_id = 'i0000001'").fetchone()
         assert categories is not None and isinstance(categories[0], list) and categories[0]
+
+
+def test_reimporting_a_changed_catalog_updates_the_items_it_changed(clean_db: Settings) -> None:
+    batch = generate(users=20, items=30, events=200, seed=3)
+    changed = batch.items.copy()
+    changed.loc[changed["external_id"] == "i0000002", ["title", "categories"]] = pd.Series(
+        {"title": "A new title", "categories": ["documentary"]}
+    ).values
+    changed.loc[changed["external_id"] == "i0000005", "provider_id"] = "another-studio"
+    with psycopg.connect(stack.postgres_dsn(clean_db)) as conn:
+        load_batch(conn, batch, "synthetic")
+        report = load_batch(conn, Batch(batch.users.iloc[:0], changed, batch.events.iloc[:0]), "catalog.csv")
+        rows = dict(
+            conn.execute(
+                "SELECT external_id, (title, categories, provider_id)::text FROM items "
+                "WHERE external_id IN ('i0000002', 'i0000005')"
+            ).fetchall()
+        )
+    assert (report.items_loaded, report.items_updated) == (0, 2)
+    assert rows["i0000002"].startswith('("A new title",{documentary},')
+    assert rows["i0000005"].endswith(",another-studio)")
+    assert _counts(clean_db) == (20, 30, 200)
 
 
 def _events(rows: list[dict[str, object]]) -> pd.DataFrame:
