@@ -32,7 +32,6 @@ PG_OPTIONS = {
     "work_mem": "64MB",
     "maintenance_work_mem": "1GB",
     "max_wal_size": "4GB",
-    "synchronous_commit": "off",  # a crash may lose the last ~0.6 s of commits, never corrupts; dev stack only
     "unix_socket_directories": "",
     "max_connections": "200",
 }

@@ -29,6 +29,7 @@ from serving import metrics
 from serving.experiments import Experiment
 from serving.schemas import (
     MAX_BODY_BYTES,
+    ErrorDetail,
     ErrorResponse,
     FeedbackBatch,
     FeedbackEvent,
@@ -167,7 +168,8 @@ class FeedbackSink:
         from serving.service import _pool
 
         self.settings = settings
-        self.pool = _pool(settings)
+        # A 2xx means the event is on disk: commits wait for the WAL flush even on a server configured otherwise.
+        self.pool = _pool(settings, options="-c synchronous_commit=on")
         # Impressions are an analytics log: no WAL flush wait per response (a crash may lose the last few
         # hundred milliseconds of them, never a feedback event, which goes through ``pool``).
         self.impressions = _pool(settings, size=2, options="-c synchronous_commit=off")
@@ -332,9 +334,15 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         """Store one event (idempotent by event_id) and update the user's real-time state."""
         return await _record(backend, [event], single=True)
 
-    @api.post("/feedback/batch", response_model=list[FeedbackResult])
+    @api.post(
+        "/feedback/batch",
+        response_model=list[FeedbackResult],
+        responses={207: {"model": list[FeedbackResult], "description": "Some events rejected (see each `error`)"}},
+    )
     async def feedback_batch(batch: FeedbackBatch) -> Any:
-        """Up to 500 events; each is stored once whatever the number of retries."""
+        """Up to 500 events, one result per event in order: created, duplicate or rejected (with the field and the
+        reason). Every event is tried: 200 when none was rejected, 207 when some were (the others are stored).
+        Each event is stored once whatever the number of retries."""
         return await _record(backend, batch.events, single=False)
 
     @api.get("/healthz")
@@ -366,11 +374,20 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
         where = "" if single else f"events.{n}."
         try:
             results.append(await asyncio.to_thread(sink.record, event))
+            continue
         except UnknownItem as err:
-            return _error(404, str(err), [{"field": f"{where}item_id", "message": "not in the catalog"}])
+            code, reason, detail = 404, str(err), ErrorDetail(field=f"{where}item_id", message="not in the catalog")
         except EventConflict as err:
-            return _error(409, str(err), [{"field": f"{where}event_id", "message": "reused with another payload"}])
-    return results[0].model_dump() if single else [r.model_dump() for r in results]
+            code, reason = 409, str(err)
+            detail = ErrorDetail(field=f"{where}event_id", message="reused with another payload")
+        if single:
+            return _error(code, reason, [detail.model_dump()])
+        metrics.FEEDBACK.labels("rejected").inc()
+        results.append(FeedbackResult(event_id=event.event_id, status="rejected", error=detail))
+    if single:
+        return results[0].model_dump()
+    body = [r.model_dump(exclude_none=True) for r in results]
+    return JSONResponse(body, status_code=207 if any(r.status == "rejected" for r in results) else 200)
 
 
 # -- Ray Serve --------------------------------------------------------------------------------------------------

@@ -168,14 +168,18 @@ class FeedbackBatch(StrictModel):
     events: list[FeedbackEvent] = Field(min_length=1, max_length=500)
 
 
-class FeedbackResult(BaseModel):
-    event_id: str
-    status: Literal["created", "duplicate"]
-
-
 class ErrorDetail(BaseModel):
     field: str
     message: str
+
+
+class FeedbackResult(BaseModel):
+    """One event's outcome; ``rejected`` only in a batch (a single event answers 404/409), with ``error`` saying
+    which field and why; nothing of a rejected event is stored."""
+
+    event_id: str
+    status: Literal["created", "duplicate", "rejected"]
+    error: ErrorDetail | None = None
 
 
 class ErrorResponse(BaseModel):

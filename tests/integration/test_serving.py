@@ -253,6 +253,31 @@ def test_feedback_is_idempotent_1000_events_sent_3_times(api: str, trained_stack
     assert conflict.status_code == 409 and conflict.json()["details"][0]["field"] == "event_id"
 
 
+def test_a_batch_with_bad_events_stores_the_good_ones_and_names_the_bad(api: str, trained_stack: Settings) -> None:
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        items = [r[0] for r in conn.execute("SELECT external_id FROM items ORDER BY item_id LIMIT 3")]
+    first = {"event_id": "mixed-0", "user_id": "u0000001", "item_id": items[0], "type": "click"}
+    assert requests.post(f"{api}/feedback", json=first, timeout=10).status_code == 200
+    events = [
+        {**first, "type": "like"},  # the id of a stored event with another payload
+        {"event_id": "mixed-1", "user_id": "u0000001", "item_id": items[1], "type": "like"},
+        {"event_id": "mixed-2", "user_id": "u0000001", "item_id": "no-such-item", "type": "like"},
+        {"event_id": "mixed-3", "user_id": "u0000002", "item_id": items[2], "type": "view"},
+    ]
+    response = requests.post(f"{api}/feedback/batch", json={"events": events}, timeout=30)
+    assert response.status_code == 207, response.text
+    body = response.json()
+    assert [r["status"] for r in body] == ["rejected", "created", "rejected", "created"]
+    assert body[0]["error"]["field"] == "events.0.event_id" and body[2]["error"]["field"] == "events.2.item_id"
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        stored = dict(conn.execute("SELECT event_id, event_type FROM events WHERE event_id LIKE 'mixed-%'").fetchall())
+        durable = conn.execute("SHOW synchronous_commit").fetchone()
+    assert stored == {"mixed-0": "click", "mixed-1": "like", "mixed-3": "view"}
+    retry = requests.post(f"{api}/feedback/batch", json={"events": events[1:2]}, timeout=30)
+    assert retry.status_code == 200 and retry.json() == [{"event_id": "mixed-1", "status": "duplicate"}]
+    assert durable == ("on",)  # an acknowledged event waits for the WAL flush (a crash cannot lose it)
+
+
 BAD_K = [0, -1, 10**9, 10.5, "x", None]
 BAD_IDS = ["", "x" * 10_000, "a\x00b", "1; DROP TABLE events; --", "' OR '1'='1"]
 
