@@ -82,7 +82,7 @@ def main() -> None:
         figures["feature_rows_built"] = sum(b.rows_added for b in built)
         feast_store.apply(settings)
         started = time.perf_counter()
-        results = materialize(settings, gate=False)
+        results = materialize(settings)
         seconds = time.perf_counter() - started
         entities = sum(r.entities for r in results)
         figures["materialize_s"] = round(seconds, 2)

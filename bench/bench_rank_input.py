@@ -22,9 +22,9 @@ from recstack.settings import get_settings
 
 
 def main() -> None:
+    from recstack.stages.rank import RankContext, model_columns, score
+    from recstack.stages.retrieve import Filters
     from serving.service import FeatureLookup, Ranker, Retriever, limit_math_threads
-    from serving.stages.rank import RankContext, model_columns, score
-    from serving.stages.retrieve import Filters
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=200)

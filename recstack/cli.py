@@ -18,13 +18,13 @@ from recstack.features.store import FeastError
 from recstack.ingest.cli import ingest_app
 from recstack.ingest.records import SourceFormatError
 from recstack.settings import get_settings
+from recstack.tables.registry import RegistryError
 from serving.cli import serve
 from serving.experiments_cli import experiments_app
 from training.cli import evaluate, train
 from training.models_cli import models_app
-from training.registry import RegistryError
 from validation.cli import validate
-from validation.gate import ValidationFailed
+from validation.errors import ValidationFailed
 
 app = typer.Typer(
     help="recstack: feature store and model serving for personalized recommendations.",

@@ -84,8 +84,3 @@ def migrate(dsn: str, timeout_s: float = 3.0) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('recstack.migrate'))")
     return applied_now
-
-
-def applied_migrations(dsn: str, timeout_s: float = 3.0) -> list[str]:
-    with connect(dsn, timeout_s) as conn:
-        return [r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version")]  # noqa: S608

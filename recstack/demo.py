@@ -33,7 +33,7 @@ STALE_SHARE = 0.01  # retrain when more than this share of the events arrived af
 
 def _needs_training(settings) -> str | None:  # type: ignore[no-untyped-def]
     """None when the promoted model is newer than every event (a re-run reuses it), else why to train."""
-    from training import registry
+    from recstack.tables import registry
 
     with db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s) as conn:
         version = registry.promoted_version(conn)
@@ -138,7 +138,7 @@ def demo(
             raise
     console.rule("4. Feast apply + materialize")
     feast_store.apply(settings)
-    for m in materialize(settings):
+    for m in materialize(settings):  # validated just above
         console.print(f"{m.view}: {m.entities:,} entities in {m.seconds:.1f} s")
     console.rule("5. training")
     reason = _needs_training(settings)

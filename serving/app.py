@@ -25,6 +25,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recstack.settings import Settings, get_settings
+from recstack.stages.rerank import RerankParams
 from serving import metrics
 from serving.experiments import Experiment
 from serving.schemas import (
@@ -49,7 +50,6 @@ from serving.service import (
     limit_math_threads,
     run_with_timeout,
 )
-from serving.stages.rerank import RerankParams
 
 log = logging.getLogger("recstack.serving")
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"}
@@ -546,4 +546,3 @@ def create_local_api(settings: Settings | None = None, config: AppConfig | None 
 #   serve build serving.app:graph_app -o serving/serve_config.yaml
 #   serve run serving/serve_config.yaml        or        serve run serving.app:build_app mode=fused
 graph_app = build_app({"mode": "graph"})
-fused_app = build_app({"mode": "fused"})

@@ -10,7 +10,7 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.stages.rerank import RerankParams
+from recstack.stages.rerank import RerankParams
 
 
 class Variant(BaseModel):

@@ -1,7 +1,7 @@
 """The serving stages as plain classes (one per Ray Serve deployment), and the orchestration with deadlines.
 
 ``Retriever``, ``FeatureLookup``, ``Ranker`` and ``Reranker`` hold their clients and call the pure stage functions
-in serving/stages. ``Recommender`` chains them through *callers*: in-process (fused mode, tests, the benchmark's
+in recstack/stages. ``Recommender`` chains them through *callers*: in-process (fused mode, tests, the benchmark's
 floor) a caller runs the stage method in a worker thread; in graph mode it is a Ray Serve handle call. Either way
 each stage has a deadline, and a failing or late stage degrades the answer instead of failing it:
   * retrieval fails -> popular items (cached), degraded;
@@ -25,18 +25,9 @@ import numpy as np
 
 from recstack import stack
 from recstack.settings import Settings
-from serving import metrics
-from serving.experiments import Experiment, assign
-from serving.schemas import (
-    ExperimentAssignment,
-    RecommendedItem,
-    RecommendRequest,
-    RecommendResponse,
-    RerankOverrides,
-)
-from serving.stages.rank import RankContext, contributions, model_columns, score
-from serving.stages.rerank import Candidates, RerankParams, rerank
-from serving.stages.retrieve import (
+from recstack.stages.rank import RankContext, contributions, model_columns, score
+from recstack.stages.rerank import Candidates, RerankParams, rerank
+from recstack.stages.retrieve import (
     CANDIDATE_FEATURES,
     CandidateSet,
     Filters,
@@ -45,6 +36,16 @@ from serving.stages.retrieve import (
     configure_connection,
     retrieve,
     source_order,
+)
+from recstack.tables import registry
+from serving import metrics
+from serving.experiments import Experiment, assign
+from serving.schemas import (
+    ExperimentAssignment,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    RerankOverrides,
 )
 
 log = logging.getLogger("recstack.serving")
@@ -207,8 +208,6 @@ class Ranker:
             log.warning("no model loaded yet (%s)", err)
 
     def promoted(self) -> str | None:
-        from training import registry
-
         if time.monotonic() - self._checked > MODEL_CHECK_S:
             with self.pool.connection() as conn:
                 self._promoted = registry.promoted_version(conn)
@@ -216,8 +215,6 @@ class Ranker:
         return self._promoted
 
     def model(self, version: str | None) -> tuple[str, Any, list[str], list[str], str | None] | None:
-        from training import registry
-
         version = version or self.promoted()
         if version is None:
             return None

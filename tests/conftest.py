@@ -60,8 +60,9 @@ def load_featured(settings: Settings, batch: object, source: str = "synthetic") 
 
     from recstack.features import store as feast_store
     from recstack.features.build import build_features
-    from recstack.features.materialize import materialize
+    from recstack.features.materialize import GATE_SUITES, materialize
     from recstack.ingest.loader import load_batch
+    from validation.gate import require_pass
 
     with psycopg.connect(stack.postgres_dsn(settings), autocommit=True) as conn:
         conn.execute(
@@ -74,6 +75,7 @@ def load_featured(settings: Settings, batch: object, source: str = "synthetic") 
     with stack.redis_client(settings) as client:
         client.flushdb()
     feast_store.apply(settings)
+    require_pass(settings, GATE_SUITES)
     materialize(settings)
 
 

@@ -6,7 +6,7 @@ Protocol (time-based, nothing after the cutoff feeds a query):
   * labels = the best grade of the user's events on a candidate in [cutoff, cutoff + window):
     purchase/like/high rating 3 > click 2 > view 1 > none 0 > dislike/skip/low rating -1 (stored shifted by +1);
   * features = Feast's ranking_v1 joined point-in-time at the user's first event in the window (its context time),
-    plus the retrieval scores of serving/stages/retrieve.py.
+    plus the retrieval scores of recstack/stages/retrieve.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ import pandas as pd
 from scipy import sparse
 
 from recstack.stages.item_item import ItemItem
-from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, candidates_offline, content_query, query_vector
+from recstack.stages.retrieve import (
+    CANDIDATE_FEATURES,
+    RetrievalParams,
+    candidates_offline,
+    content_query,
+    query_vector,
+)
 from training.batch import map_chunks, ray_is_up
 from training.interactions import Catalog, Interactions
 

@@ -27,9 +27,10 @@ import psycopg
 
 from recstack import stack
 from recstack.settings import Settings
-from serving.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
-from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
-from training import baselines, dataset, metrics, protocols, registry
+from recstack.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
+from recstack.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
+from recstack.tables import registry
+from training import baselines, dataset, metrics, protocols
 from training.batch import ensure_ray
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions
 
@@ -106,7 +107,7 @@ def ranked_candidates(
 ) -> pd.DataFrame:
     """Serving's candidates for each test user, scored by the ranker on Feast point-in-time features."""
     from recstack.features.store import open_store
-    from serving.stages.rank import model_input
+    from recstack.stages.rank import model_input
 
     params = RetrievalParams(**record.params.get("retrieval", {}))
     frame = dataset.candidate_frame(test.users, test.hist, retrieval, params, catalog.n_items)

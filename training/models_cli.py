@@ -10,7 +10,7 @@ from rich.table import Table
 from recstack import db, stack
 from recstack.console import console
 from recstack.settings import get_settings
-from training import registry
+from recstack.tables import registry
 
 models_app = typer.Typer(help="Trained rankers: list, promote a version, roll back.", no_args_is_help=True)
 

@@ -29,9 +29,10 @@ import psycopg
 from recstack import stack
 from recstack.settings import Settings
 from recstack.stages.item_item import ItemItem
-from serving.stages.rank import model_input
-from serving.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
-from training import dataset, protocols, registry
+from recstack.stages.rank import model_input
+from recstack.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
+from recstack.tables import registry
+from training import dataset, protocols
 from training.batch import ensure_ray
 from training.embeddings import EmbeddingModel, train_embeddings
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions

@@ -7,8 +7,6 @@ from rich.table import Table
 
 from recstack.console import console
 from recstack.settings import get_settings
-from validation.gate import run_suites
-from validation.suites import all_specs
 
 SHOWN_ROWS = 5
 
@@ -23,6 +21,9 @@ def validate(
     ),
 ) -> None:
     """Validate users, items, events and feature tables with Great Expectations."""
+    from validation.gate import run_suites  # Great Expectations loads in seconds: only when validating
+    from validation.suites import all_specs
+
     settings = get_settings()
     unknown = sorted(set(suite or []) - set(all_specs()))
     if unknown:

@@ -17,11 +17,8 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from recstack import stack
 from recstack.console import err_console
 from recstack.settings import Settings
+from validation.errors import ValidationFailed
 from validation.suites import SuiteSpec, all_specs
-
-
-class ValidationFailed(RuntimeError):
-    """Data failed its suites; the message names each failed expectation and what was observed."""
 
 
 @dataclass

@@ -47,9 +47,13 @@ def materialize(
     ),
 ) -> None:
     """Validate, then copy the latest feature values into Redis (incremental after the first run)."""
+    from recstack.features.materialize import GATE_SUITES
     from recstack.features.materialize import materialize as run
+    from validation.gate import require_pass
 
-    results = run(get_settings(), force=force, full=full)
+    settings = get_settings()
+    require_pass(settings, GATE_SUITES, force=force)
+    results = run(settings, full=full)
     table = Table("feature view", "from", "to", "entities", "time", "entities/s", title="materialize")
     for r in results:
         table.add_row(

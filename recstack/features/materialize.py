@@ -61,14 +61,9 @@ def online_store_empty(settings: Settings) -> bool:
         return int(client.dbsize()) == 0
 
 
-def materialize(
-    settings: Settings, force: bool = False, gate: bool = True, full: bool = False
-) -> list[MaterializeResult]:
-    """Validate, then write the latest feature values per entity into Redis for every batch view."""
-    if gate:
-        from validation.gate import require_pass
-
-        require_pass(settings, GATE_SUITES, force=force)
+def materialize(settings: Settings, full: bool = False) -> list[MaterializeResult]:
+    """Write the latest feature values per entity into Redis for every batch view. The validation gate
+    (``GATE_SUITES``) is the caller's: ``recstack materialize`` runs it first."""
     store = open_store(settings)
     full = full or online_store_empty(settings)
     end = datetime.now(UTC)

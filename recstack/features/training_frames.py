@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 FEATURE_SERVICE = "ranking_v1"
-REQUEST_COLUMNS = ["hour_of_day", "day_of_week", "device", "locale", "request_ts"]
 
 
 def with_request_context(labels: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CONTEXT_OUTPUTS = ["hour_sin", "hour_cos", "is_weekend", "ctx_device", "ctx_locale"]
 CROSS_OUTPUTS = ["category_affinity", "category_match_rank", "seconds_since_last_event"]
 
 

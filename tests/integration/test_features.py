@@ -128,14 +128,14 @@ def test_an_emptied_online_store_is_filled_again_by_the_next_materialize(feature
 
     with stack.redis_client(featured) as client:
         client.flushdb()
-    results = materialize(featured, gate=False)
+    results = materialize(featured)
     assert {r.view for r in results} == set(VIEW_TABLES) and all(r.entities > 0 for r in results)
     store = feast_store.open_store(featured)
     online = store.get_online_features(
         features=["user_features:likes_30d", "user_realtime:recent_item_ids"], entity_rows=[{"user_id": "u0000001"}]
     ).to_dict()
     assert online["likes_30d"][0] is not None and online["recent_item_ids"][0]
-    again = materialize(featured, gate=False)  # the store is full: back to incremental (nothing new)
+    again = materialize(featured)  # the store is full: back to incremental (nothing new)
     assert all(r.entities == 0 for r in again)
 
 
@@ -200,7 +200,7 @@ def test_fast_lookup_equals_feast_on_random_entities(featured: Settings) -> None
         assert refreshed.version == version + 1
         assert refreshed.items["item_features__popularity_30d"][0] == 123456
     finally:
-        materialize(featured, gate=False)  # restores the materialized values (and bumps the version)
+        materialize(featured)  # restores the materialized values (and bumps the version)
         assert before is not None
 
 

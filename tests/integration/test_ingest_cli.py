@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from recstack import stack
-from recstack.ingest.fixtures import corrupt_lines, write_movielens_100k, write_movielens_latest
 from recstack.settings import Settings
+from tests.movielens_files import corrupt_lines, write_movielens_100k, write_movielens_latest
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from recstack import stack
 from recstack.settings import Settings
-from training import registry
+from recstack.tables import registry
 
 pytestmark = pytest.mark.integration
 

@@ -143,7 +143,7 @@ def test_experiment_assignment_is_stable_and_reported(api: str, trained_stack: S
 
 
 def test_promote_and_rollback_are_picked_up_without_restart(api: str, trained_stack: Settings) -> None:
-    from training import registry
+    from recstack.tables import registry
 
     trained = (trained_stack.home / "trained_version").read_text()
     with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:

@@ -65,7 +65,7 @@ def test_disliked_item_scores_below_liked_ones() -> None:
 
 
 def test_a_history_of_one_category_retrieves_mostly_that_category() -> None:
-    from serving.stages.retrieve import query_vector
+    from recstack.stages.retrieve import query_vector
 
     rng = np.random.default_rng(4)
     n_categories, per_category, n_users = 6, 40, 600

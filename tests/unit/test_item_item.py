@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from recstack.stages.item_item import RECENCY_FLOOR, history_weights, query_weights
-from serving.stages.retrieve import ItemItemIndex, UserState
+from recstack.stages.retrieve import ItemItemIndex, UserState
 from training.interactions import Interactions
 from training.item_item import fit_ease, history_matrix, query_matrix
 
@@ -78,7 +78,7 @@ def test_serving_scores_equal_the_offline_scores() -> None:
 
 
 def test_a_served_source_order_places_new_items_by_content() -> None:
-    from serving.stages.retrieve import CANDIDATE_FEATURES, source_order
+    from recstack.stages.retrieve import CANDIDATE_FEATURES, source_order
 
     features = np.zeros((3, len(CANDIDATE_FEATURES)), np.float32)
     col = {name: n for n, name in enumerate(CANDIDATE_FEATURES)}
@@ -90,7 +90,7 @@ def test_a_served_source_order_places_new_items_by_content() -> None:
 
 
 def test_a_new_item_that_only_shares_genres_stays_below_every_scored_candidate() -> None:
-    from serving.stages.retrieve import CANDIDATE_FEATURES, source_order
+    from recstack.stages.retrieve import CANDIDATE_FEATURES, source_order
 
     features = np.zeros((4, len(CANDIDATE_FEATURES)), np.float32)
     col = {name: n for n, name in enumerate(CANDIDATE_FEATURES)}

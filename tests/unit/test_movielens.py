@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recstack.ingest.fixtures import corrupt_lines, write_movielens_1m, write_movielens_100k, write_movielens_latest
 from recstack.ingest.movielens import IdMapping, detect_layout, read_movielens
 from recstack.ingest.records import SourceFormatError
+from tests.movielens_files import corrupt_lines, write_movielens_1m, write_movielens_100k, write_movielens_latest
 
 
 @pytest.fixture(scope="module")

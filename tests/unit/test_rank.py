@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from recstack.features import transforms
-from serving.stages.rank import RankContext, model_columns, model_input
-from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
+from recstack.stages.rank import RankContext, model_columns, model_input
+from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 
 
 def training_layout(
@@ -143,7 +143,7 @@ def test_scores_from_features_data_equal_scores_from_the_training_frame() -> Non
     numeric ones in the model's order, every score must equal predicting from the frame the model was trained on."""
     from catboost import CatBoostRanker, Pool
 
-    from serving.stages.rank import score
+    from recstack.stages.rank import score
 
     rng = np.random.default_rng(1)
     n = 600

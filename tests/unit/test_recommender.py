@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 from serving.schemas import RecommendRequest
 from serving.service import Callers, Recommender, Reranker, Unavailable
-from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 
 
 def candidates(prefix: str, n: int, domains: tuple[str, ...] = ("movies",)) -> CandidateSet:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from serving.stages.rerank import Candidates, RerankParams, rerank
+from recstack.stages.rerank import Candidates, RerankParams, rerank
 
 
 def _candidates(n: int = 20, seed: int = 0) -> Candidates:
@@ -64,7 +64,7 @@ def test_category_similarity_is_used_without_vectors() -> None:
 def test_long_tail_is_everything_outside_the_head_holding_80_percent() -> None:
     import numpy as np
 
-    from serving.stages.rerank import long_tail_mask
+    from recstack.stages.rerank import long_tail_mask
 
     popularity = np.array([50.0, 30.0, 10.0, 5.0, 3.0, 2.0])
     tail = long_tail_mask(popularity)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from catboost import CatBoostRanker
+
+if TYPE_CHECKING:  # CatBoost loads in ~1 s: only the functions that need it import it
+    from catboost import CatBoostRanker
 
 
 class RegistryError(RuntimeError):
@@ -155,11 +156,8 @@ def load_verified(record: ModelRecord) -> CatBoostRanker:
             f"model {record.version}: checksum mismatch ({actual[:12]} != {record.sha256[:12]}); "
             "the file changed after registration: retrain or restore it"
         )
+    from catboost import CatBoostRanker
+
     model = CatBoostRanker()
     model.load_model(str(path), format="cbm")
     return model
-
-
-def copy_out(record: ModelRecord, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy2(record.path, dest / Path(record.path).name))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recstack.features import transforms
-from serving.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
+from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 
 
 @dataclass
