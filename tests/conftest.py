@@ -75,7 +75,7 @@ def load_featured(settings: Settings, batch: object, source: str = "synthetic") 
     with stack.redis_client(settings) as client:
         client.flushdb()
     feast_store.apply(settings)
-    require_pass(settings, GATE_SUITES)
+    require_pass(settings, GATE_SUITES, force=False)
     materialize(settings)
 
 

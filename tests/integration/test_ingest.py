@@ -39,12 +39,12 @@ def test_synthetic_import_loads_everything_once(clean_db: Settings) -> None:
 
 
 def test_reimporting_a_changed_catalog_updates_the_items_it_changed(clean_db: Settings) -> None:
-    batch = generate(users=20, items=30, events=200, seed=3)
-    changed = batch.items.copy()
-    changed.loc[changed["external_id"] == "i0000002", ["title", "categories"]] = pd.Series(
-        {"title": "A new title", "categories": ["documentary"]}
-    ).values
-    changed.loc[changed["external_id"] == "i0000005", "provider_id"] = "another-studio"
+    batch = generate(users=20, items=40, events=200, seed=3)
+    changed = batch.items.copy().set_index("external_id", drop=False)
+    changed.at["i0000002", "title"] = "A new title"
+    changed.at["i0000002", "categories"] = ["documentary"]
+    changed.at["i0000005", "provider_id"] = "another-studio"
+    changed = changed.reset_index(drop=True)
     with psycopg.connect(stack.postgres_dsn(clean_db)) as conn:
         load_batch(conn, batch, "synthetic")
         report = load_batch(conn, Batch(batch.users.iloc[:0], changed, batch.events.iloc[:0]), "catalog.csv")
@@ -57,7 +57,7 @@ def test_reimporting_a_changed_catalog_updates_the_items_it_changed(clean_db: Se
     assert (report.items_loaded, report.items_updated) == (0, 2)
     assert rows["i0000002"].startswith('("A new title",{documentary},')
     assert rows["i0000005"].endswith(",another-studio)")
-    assert _counts(clean_db) == (20, 30, 200)
+    assert _counts(clean_db) == (20, 40, 200)
 
 
 def _events(rows: list[dict[str, object]]) -> pd.DataFrame:
