@@ -26,7 +26,7 @@ import numpy as np
 from recstack import stack
 from recstack.settings import Settings
 from recstack.stages.rank import RankContext, contributions, model_columns, score
-from recstack.stages.rerank import Candidates, RerankParams, rerank
+from recstack.stages.rerank import Candidates, RerankParams, head_floor, rerank
 from recstack.stages.retrieve import (
     CANDIDATE_FEATURES,
     CandidateSet,
@@ -52,6 +52,7 @@ log = logging.getLogger("recstack.serving")
 RERANK_POOL = 100  # the ranker's top-N handed to the rerank stage
 POPULAR_REFRESH_S = 60
 MODEL_CHECK_S = 5
+HEAD_FLOOR_CHECK_S = 60
 
 
 def _pool(settings: Settings, size: int = 4, options: str = ""):  # type: ignore[no-untyped-def]
@@ -92,6 +93,7 @@ class Retriever:
         self._item_item: ItemItemIndex | None = None
         self._item_item_checked = 0.0
         self._item_item_lock = threading.Lock()
+        self._head_floor = (0.0, -float("inf"))  # (value, monotonic time read)
         try:
             self.item_item()
         except Exception as err:
@@ -135,8 +137,23 @@ class Retriever:
         except Exception as err:  # Postgres unreachable: retrieval below fails and degrades the same way
             log.warning("item-item neighbours not checked (%s)", err)
             item_item = self._item_item
+        floor = self.head_floor()
         with self.pool.connection() as conn:
-            return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen, item_item)
+            return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen, item_item, floor)
+
+    def head_floor(self) -> float:
+        """The catalog's long-tail floor (rerank.head_floor over the trained popularity), re-read every minute."""
+        value, read = self._head_floor
+        if time.monotonic() - read < HEAD_FLOOR_CHECK_S:
+            return value
+        try:
+            with self.pool.connection() as conn:
+                rows = conn.execute("SELECT popularity FROM item_vectors WHERE popularity > 0").fetchall()
+            value = head_floor(np.array([r[0] for r in rows], np.float64))
+        except Exception as err:  # keep the last floor; retrieval itself reports the outage
+            log.warning("long-tail floor not refreshed (%s)", err)
+        self._head_floor = (value, time.monotonic())
+        return value
 
     def ready(self) -> bool:
         with self.pool.connection() as conn:
@@ -146,7 +163,7 @@ class Retriever:
         """Popular items only (the retrieval fallback); same statement with the vector sources switched off."""
         params = RetrievalParams(item_item=0, cf=0, content=0, popular=n, recent=0)
         with self.pool.connection() as conn:
-            return retrieve(conn, "", [], filters, exclude, params, exclude_seen=False)
+            return retrieve(conn, "", [], filters, exclude, params, False, None, self.head_floor())
 
     def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
         """Items nearest to ``item_id`` by collaborative vector and by content vector (HNSW), merged."""
@@ -528,6 +545,7 @@ def _subset(c: CandidateSet, keep: list[int]) -> CandidateSet:
         [c.categories[i] for i in keep],
         c.vectors[keep],
         c.features[keep],
+        c.long_tail[keep] if len(c.long_tail) == len(c) else np.zeros(len(keep), bool),
     )
 
 
@@ -552,9 +570,8 @@ def _retrieval_score(c: CandidateSet) -> np.ndarray:
 
 
 def _long_tail(c: CandidateSet) -> np.ndarray:
-    """Long tail among the candidates: below the median popularity of the catalog head retrieval returned."""
-    pop = c.features[:, CANDIDATE_FEATURES.index("log_popularity")]
-    return pop < (np.quantile(pop, 0.5) if len(pop) else 0)
+    """Long tail as retrieval marked it (rerank.head_floor); none when a caller built candidates without it."""
+    return c.long_tail if len(c.long_tail) == len(c) else np.zeros(len(c), bool)
 
 
 def _reasons(c: CandidateSet, i: int, explained: dict[str, list[str]]) -> list[str]:

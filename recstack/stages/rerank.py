@@ -35,14 +35,24 @@ class Candidates:
     reasons: list[list[str]] = field(default_factory=list)
 
 
-def long_tail_mask(popularity: np.ndarray, head_share: float = 0.8) -> np.ndarray:
-    """True for items outside the head: the most popular items that together hold ``head_share`` of interactions."""
-    order = np.argsort(-popularity, kind="stable")
-    cumulative = np.cumsum(popularity[order]) / max(float(popularity.sum()), 1e-12)
-    head_size = int(np.searchsorted(cumulative, head_share)) + 1
-    tail = np.ones(len(popularity), dtype=bool)
-    tail[order[:head_size]] = False
-    return tail
+HEAD_SHARE = 0.8
+
+
+def head_floor(popularity: np.ndarray, head_share: float = HEAD_SHARE) -> float:
+    """The popularity of the least popular head item, the head being the most popular items that together hold
+    ``head_share`` of the catalog's interactions. The one long-tail rule: an item is long tail when its popularity
+    is below this floor (serving applies it to the candidates, evaluation and the quality bench to their slates)."""
+    popularity = np.asarray(popularity, np.float64)
+    if not len(popularity) or popularity.sum() <= 0:
+        return 0.0
+    ordered = np.sort(popularity)[::-1]
+    head_size = int(np.searchsorted(np.cumsum(ordered) / ordered.sum(), head_share)) + 1
+    return float(ordered[min(head_size, len(ordered)) - 1])
+
+
+def long_tail_mask(popularity: np.ndarray, head_share: float = HEAD_SHARE) -> np.ndarray:
+    """True for items below the head's popularity floor (``head_floor``)."""
+    return np.asarray(popularity, np.float64) < head_floor(popularity, head_share)
 
 
 def _similarity(candidates: Candidates) -> np.ndarray:

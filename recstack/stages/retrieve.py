@@ -330,6 +330,7 @@ class CandidateSet:
     categories: list[list[str]]
     vectors: np.ndarray  # [n, 64] unit cf vectors (zeros where none)
     features: np.ndarray  # [n, len(CANDIDATE_FEATURES)]
+    long_tail: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # below the catalog's head floor
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -385,9 +386,10 @@ def retrieve(
     params: RetrievalParams,
     exclude_seen: bool = True,
     item_item: ItemItemIndex | None = None,
+    head_floor: float = 0.0,
 ) -> CandidateSet:
     """Serving's candidate generation for one user (the online twin of ``candidates_offline``); ``conn`` is set up
-    by ``configure_connection``."""
+    by ``configure_connection``. ``head_floor``: the catalog's long-tail popularity floor (rerank.head_floor)."""
     state = user_state(conn, user_id, recent)
     query = query_vector(state.user_vector, state.recent_cf)
     content_q = content_query(state.recent_content)
@@ -408,6 +410,8 @@ def retrieve(
     for n, row in enumerate(rows):
         if row[5] is not None:
             vectors[n] = _array(row[5])
+    source = np.array([r[6:12] for r in rows], dtype=np.float32).reshape(len(rows), len(SOURCE_FEATURES))
+    popularity = np.expm1(source[:, SOURCE_FEATURES.index("log_popularity")].astype(np.float64))
     return CandidateSet(
         item_ids=[r[0] for r in rows],
         titles=[r[1] or "" for r in rows],
@@ -415,11 +419,6 @@ def retrieve(
         providers=[r[3] or "" for r in rows],
         categories=[list(r[4] or []) for r in rows],
         vectors=vectors,
-        features=np.hstack(
-            [
-                np.array([r[6:12] for r in rows], dtype=np.float32).reshape(len(rows), len(SOURCE_FEATURES)),
-                ii,
-                similarity_features(vectors, state.user_vector, state.recent_cf),
-            ]
-        ),
+        features=np.hstack([source, ii, similarity_features(vectors, state.user_vector, state.recent_cf)]),
+        long_tail=popularity < head_floor * (1 - 1e-6),  # float32 log popularity round trip
     )

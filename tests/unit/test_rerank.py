@@ -71,6 +71,22 @@ def test_long_tail_is_everything_outside_the_head_holding_80_percent() -> None:
     assert tail.tolist() == [False, False, True, True, True, True]
 
 
+def test_one_long_tail_rule_whatever_the_set_it_is_applied_to() -> None:
+    """Serving marks candidates against the catalog's floor; a request whose candidates are all popular gets no tail
+    item (the old rule, below the median of the candidates, called half of any candidate set long tail)."""
+    import numpy as np
+
+    from recstack.stages.rerank import head_floor, long_tail_mask
+
+    catalog = np.array([50.0, 30.0, 10.0, 10.0, 3.0, 2.0, 0.0])
+    floor = head_floor(catalog)
+    assert floor == 10.0  # items tied with the last head item are head too
+    assert long_tail_mask(catalog).tolist() == (catalog < floor).tolist()
+    candidates = np.array([50.0, 30.0, 10.0])
+    assert not (candidates < floor).any()
+    assert head_floor(np.zeros(3)) == 0.0 and not long_tail_mask(np.zeros(3)).any()
+
+
 def test_request_overrides_apply_on_top_of_the_config_within_bounds() -> None:
     import pytest
     from pydantic import ValidationError
