@@ -130,7 +130,7 @@ def serve_mode(mode: str, port: int) -> list[str]:
     if ray.is_initialized():
         ray.shutdown()
     os.environ.update(env)  # Serve reads it at import, in the Ray processes started below
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"mode": shape}), name="recstack", route_prefix="/")
     url = f"http://127.0.0.1:{port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,14 +25,35 @@ def _ray_bin() -> str:
     return str(found) if found.exists() else (shutil.which("ray") or "ray")
 
 
-def start_local_ray(settings: Settings) -> None:
-    """A detached local Ray head (outlives this process), dashboard bound to 127.0.0.1; recorded for `down`."""
-    if stack.extra_state(settings).get("ray"):
-        return
+def ray_temp_dir(settings: Settings) -> Path:
+    """This stack's own Ray folder (short: Ray's socket paths must fit in 107 bytes), so that its processes can be
+    told from any other Ray on the machine."""
+    import hashlib
+
+    return Path(f"/tmp/rsray-{hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:10]}")
+
+
+def local_ray_address(settings: Settings) -> str | None:
+    """The address of the Ray that `serve --detach` started for this stack (None when there is none)."""
+    info = stack.extra_state(settings).get("ray")
+    return str(info["address"]) if isinstance(info, dict) and info.get("address") else None
+
+
+def start_local_ray(settings: Settings) -> str:
+    """A detached local Ray head for this stack (outlives this process) on its own port and folder, dashboard bound
+    to 127.0.0.1; recorded for `down`. Never the machine's default Ray: other stacks and tests start their own."""
+    known = local_ray_address(settings)
+    if known:
+        return known
+    port = stack.free_port()
     cmd = [
         _ray_bin(),
         "start",
         "--head",
+        "--port",
+        str(port),
+        "--temp-dir",
+        str(ray_temp_dir(settings)),
         "--num-cpus",
         str(os.cpu_count() or 2),
         "--dashboard-host",
@@ -47,7 +69,18 @@ def start_local_ray(settings: Settings) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     if result.returncode != 0:
         raise stack.StackError(f"`ray start` failed: {result.stderr.strip().splitlines()[-1:]}")
-    stack.record_extra(settings, "ray", {"started_by": "recstack serve", "at": time.time()})
+    address = f"127.0.0.1:{port}"
+    stack.record_extra(
+        settings,
+        "ray",
+        {
+            "started_by": "recstack serve",
+            "at": time.time(),
+            "address": address,
+            "temp_dir": str(ray_temp_dir(settings)),
+        },
+    )
+    return address
 
 
 def ray_serve_env(settings: Settings) -> dict[str, str]:
@@ -63,10 +96,30 @@ def restore_ctrl_c() -> None:
 
 
 def stop_local_ray(settings: Settings) -> bool:
-    """Stop the Serve app and the local Ray that `serve --detach` started (nothing else)."""
-    if not stack.extra_state(settings).get("ray"):
+    """Stop the local Ray that `serve --detach` started for this stack (its processes only: `ray stop` would stop
+    every Ray on the machine)."""
+    info = stack.extra_state(settings).get("ray")
+    if not info:
         return False
-    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, timeout=120, check=False)
+    import psutil
+
+    folder = (
+        str(info.get("temp_dir") or ray_temp_dir(settings)) if isinstance(info, dict) else str(ray_temp_dir(settings))
+    )
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(folder in part for part in proc.info["cmdline"] or []):
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in mine:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
     stack.record_extra(settings, "ray", None)
     return True
 
@@ -110,10 +163,10 @@ def serve(
         ray.shutdown()
     os.environ.update(ray_serve_env(settings))  # the local Ray started below inherits it
     if detach:
-        start_local_ray(settings)
-        ray.init(address="auto", runtime_env=env, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, runtime_env=env, log_to_driver=False)
+        ray.init(address=start_local_ray(settings), runtime_env=env, log_to_driver=False)
+    else:  # this process's own Ray, or the cluster RAY_ADDRESS names (never whichever `ray start` ran last)
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, runtime_env=env, log_to_driver=False)
     ray_serve.start(http_options={"host": host, "port": port})
     app = build_app({"mode": mode or settings.serve_mode})
     url = f"http://{host}:{port}"

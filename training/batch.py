@@ -24,7 +24,7 @@ def ensure_ray() -> bool:
     if not ray.is_initialized():
         try:
             ray.init(
-                address=os.environ.get("RAY_ADDRESS"),
+                address=os.environ.get("RAY_ADDRESS") or "local",  # never whichever `ray start` ran last
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,

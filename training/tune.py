@@ -17,6 +17,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from training.batch import ensure_ray
 from training.ranker import LOSSES, RankerData, train_ranker
 
 log = logging.getLogger("recstack.training")
@@ -79,10 +80,8 @@ def run_search(
     train: RankerData, valid: RankerData, trials: int, smoke: bool = False, seed: int = 42, storage: Path | None = None
 ) -> TuneResult:
     """Run ``trials`` configurations with ASHA and return the best one (retrain it on full data afterwards)."""
-    import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray()
     space = search_space(smoke)
     max_rounds = max(space["iterations"].categories) if hasattr(space["iterations"], "categories") else 60
     scheduler = ASHAScheduler(max_t=max(1, max_rounds // REPORT_EVERY), grace_period=2, reduction_factor=2)

@@ -43,7 +43,7 @@ def api(trained_stack: Settings) -> Iterator[str]:
     if ray.is_initialized():  # training started one: serve from a Ray started the way `recstack serve` starts it
         ray.shutdown()
     os.environ.update(ray_serve_env(trained_stack))
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(

@@ -132,3 +132,59 @@ def test_external_servers_are_used_instead_of_embedded(stack_settings: Settings,
     assert not (Path(own_env["RECSTACK_HOME"]) / "postgres").exists()
     assert recstack_cli("down", env=env).returncode == 0
     assert all(s["running"] for s in json.loads(recstack_cli("status", "--json", env=env).stdout).values())
+
+
+def _py(code: str, home: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "RECSTACK_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+START = (
+    "from recstack.settings import get_settings; from serving.cli import start_local_ray as s; print(s(get_settings()))"
+)
+STOP = (
+    "from recstack.settings import get_settings; from serving.cli import stop_local_ray as s; print(s(get_settings()))"
+)
+JOIN = (
+    "import ray; from training.batch import ensure_ray; ensure_ray(); "
+    "print(ray.get_runtime_context().gcs_address); ray.shutdown()"
+)
+
+
+def _ray_processes(folder: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(folder in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_a_detached_serve_ray_belongs_to_its_stack_alone(tmp_path: Path) -> None:
+    """`serve --detach` starts a Ray that training and tests never join by accident, and `down` stops that one
+    only: before, it took Ray's default slot (every later ray.init() joined it) and `down` ran `ray stop --force`."""
+    from serving.cli import ray_temp_dir
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    folder_a, folder_b = (str(ray_temp_dir(Settings(home=h))) for h in (a, b))
+    try:
+        address_a, address_b = _py(START, a), _py(START, b)
+        assert address_a != address_b
+        assert _py(JOIN, tmp_path / "c") not in (address_a, address_b)  # a new process starts its own Ray
+        assert _ray_processes(folder_a) and _ray_processes(folder_b)
+        assert _py(STOP, a) == "True"
+        assert not _ray_processes(folder_a)
+        assert _ray_processes(folder_b), "stopping one stack's Ray stopped another's"
+    finally:
+        _py(STOP, a), _py(STOP, b)
+    assert not _ray_processes(folder_b)
