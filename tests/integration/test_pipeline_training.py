@@ -56,6 +56,7 @@ def test_item_neighbours_round_trip_through_postgres(trained_stack: Settings) ->
     dense = rng.normal(size=(5, 5)).astype(np.float32)
     np.fill_diagonal(dense, 0.0)
     with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        conn.execute("SELECT 1")  # an open transaction: write's own becomes a savepoint the rollback below undoes
         neighbours.write(conn, ids, ItemItem(sparse.csr_matrix(dense)), "round-trip")
         assert neighbours.version(conn) == "round-trip"
         same = neighbours.load(conn, ids).weights.toarray()
@@ -63,6 +64,8 @@ def test_item_neighbours_round_trip_through_postgres(trained_stack: Settings) ->
         conn.rollback()  # leave the trained set in place for the other tests
     np.testing.assert_array_equal(same, dense)
     np.testing.assert_array_equal(fewer, dense[np.ix_([0, 2, 3], [0, 2, 3])])
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        assert neighbours.version(conn) == (trained_stack.home / "trained_version").read_text()  # left as it was
 
 
 def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
