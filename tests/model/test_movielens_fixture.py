@@ -92,6 +92,9 @@ def test_served_slates_find_the_planted_tastes_a_popular_list_cannot(stack_setti
     seen = kept.groupby("userId")["movieId"].apply(set).to_dict()
     popular_slates = [np.array([m for m in popular if m not in seen[u]][:10]) for u in users]
     with TestClient(create_local_api(stack_settings)) as client:
+        # One request to warm the caches first: right after an in-process train (Tune's workers still exiting) the
+        # very first lookup has missed its 150 ms deadline once in CI; this test is about slate quality.
+        client.post("/recommend", json={"user_id": str(users[0]), "k": 10})
         served = []
         for u in users:
             answer = client.post("/recommend", json={"user_id": str(u), "k": 10})
