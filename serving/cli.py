@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -95,6 +96,20 @@ def restore_ctrl_c() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def ray_processes(folder: Path) -> list[Any]:
+    """The running processes of the Ray whose folder is ``folder`` (each names it on its command line)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(folder) in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def stop_local_ray(settings: Settings) -> bool:
     """Stop the local Ray that `serve --detach` started for this stack (its processes only: `ray stop` would stop
     every Ray on the machine)."""
@@ -103,16 +118,7 @@ def stop_local_ray(settings: Settings) -> bool:
         return False
     import psutil
 
-    folder = (
-        str(info.get("temp_dir") or ray_temp_dir(settings)) if isinstance(info, dict) else str(ray_temp_dir(settings))
-    )
-    mine = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(folder in part for part in proc.info["cmdline"] or []):
-                mine.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    mine = ray_processes(ray_temp_dir(settings))
     for proc in mine:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()

@@ -52,7 +52,6 @@ log = logging.getLogger("recstack.serving")
 RERANK_POOL = 100  # the ranker's top-N handed to the rerank stage
 POPULAR_REFRESH_S = 60
 MODEL_CHECK_S = 5
-HEAD_FLOOR_CHECK_S = 60
 
 
 def _pool(settings: Settings, size: int = 4, options: str = ""):  # type: ignore[no-untyped-def]
@@ -93,14 +92,15 @@ class Retriever:
         self._item_item: ItemItemIndex | None = None
         self._item_item_checked = 0.0
         self._item_item_lock = threading.Lock()
-        self._head_floor = (0.0, -float("inf"))  # (value, monotonic time read)
+        self._head_floor = 0.0  # the catalog's long-tail floor, read with each new trained set
         try:
             self.item_item()
         except Exception as err:
             log.warning("item-item neighbours not loaded yet (%s)", err)
 
     def item_item(self) -> ItemItemIndex | None:
-        """The stored item-item neighbours, reloaded when training writes a new set (checked every few seconds)."""
+        """The stored item-item neighbours, reloaded when training writes a new set (checked every few seconds);
+        the long-tail floor (rerank.head_floor over the trained popularity) is re-read with them."""
         if time.monotonic() - self._item_item_checked < MODEL_CHECK_S:
             return self._item_item
         with self._item_item_lock:
@@ -113,8 +113,10 @@ class Retriever:
                 if stored is None:
                     self._item_item = None
                 elif self._item_item is None or self._item_item.version != stored:
-                    ids = np.array([r[0] for r in conn.execute("SELECT item_id FROM item_vectors ORDER BY item_id")])
-                    self._item_item = ItemItemIndex(ids.astype(np.int64), neighbours.load(conn, ids), stored)
+                    rows = conn.execute("SELECT item_id, popularity FROM item_vectors ORDER BY item_id").fetchall()
+                    ids = np.array([r[0] for r in rows], np.int64)
+                    self._item_item = ItemItemIndex(ids, neighbours.load(conn, ids), stored)
+                    self._head_floor = head_floor(np.array([r[1] or 0.0 for r in rows], np.float64))
             self._item_item_checked = time.monotonic()
         return self._item_item
 
@@ -137,23 +139,9 @@ class Retriever:
         except Exception as err:  # Postgres unreachable: retrieval below fails and degrades the same way
             log.warning("item-item neighbours not checked (%s)", err)
             item_item = self._item_item
-        floor = self.head_floor()
+        floor = self._head_floor
         with self.pool.connection() as conn:
             return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen, item_item, floor)
-
-    def head_floor(self) -> float:
-        """The catalog's long-tail floor (rerank.head_floor over the trained popularity), re-read every minute."""
-        value, read = self._head_floor
-        if time.monotonic() - read < HEAD_FLOOR_CHECK_S:
-            return value
-        try:
-            with self.pool.connection() as conn:
-                rows = conn.execute("SELECT popularity FROM item_vectors WHERE popularity > 0").fetchall()
-            value = head_floor(np.array([r[0] for r in rows], np.float64))
-        except Exception as err:  # keep the last floor; retrieval itself reports the outage
-            log.warning("long-tail floor not refreshed (%s)", err)
-        self._head_floor = (value, time.monotonic())
-        return value
 
     def ready(self) -> bool:
         with self.pool.connection() as conn:
@@ -163,7 +151,7 @@ class Retriever:
         """Popular items only (the retrieval fallback); same statement with the vector sources switched off."""
         params = RetrievalParams(item_item=0, cf=0, content=0, popular=n, recent=0)
         with self.pool.connection() as conn:
-            return retrieve(conn, "", [], filters, exclude, params, False, None, self.head_floor())
+            return retrieve(conn, "", [], filters, exclude, params, False, None, self._head_floor)
 
     def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
         """Items nearest to ``item_id`` by collaborative vector and by content vector (HNSW), merged."""

@@ -159,24 +159,14 @@ JOIN = (
 )
 
 
-def _ray_processes(folder: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(folder in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 def test_a_detached_serve_ray_belongs_to_its_stack_alone(tmp_path: Path) -> None:
     """`serve --detach` starts a Ray that training and tests never join by accident, and `down` stops that one
     only: before, it took Ray's default slot (every later ray.init() joined it) and `down` ran `ray stop --force`."""
+    from serving.cli import ray_processes as _ray_processes
     from serving.cli import ray_temp_dir
 
     a, b = tmp_path / "a", tmp_path / "b"
-    folder_a, folder_b = (str(ray_temp_dir(Settings(home=h))) for h in (a, b))
+    folder_a, folder_b = (ray_temp_dir(Settings(home=h)) for h in (a, b))
     try:
         address_a, address_b = _py(START, a), _py(START, b)
         assert address_a != address_b
