@@ -46,6 +46,7 @@ def start_local_ray(settings: Settings) -> str:
     known = local_ray_address(settings)
     if known:
         return known
+    auth_mode = _ray_auth_mode()
     port = stack.free_port()
     cmd = [
         _ray_bin(),
@@ -67,6 +68,7 @@ def start_local_ray(settings: Settings) -> str:
     # Ray must not inherit it, or its workers outlive the folder and fail when Feast or our metrics write to it.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_MULTIPROC", "PROMETHEUS_MULTIPROCESS"))}
     env.update(ray_serve_env(settings))
+    env["RAY_AUTH_MODE"] = auth_mode
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     if result.returncode != 0:
         raise stack.StackError(f"`ray start` failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -79,9 +81,40 @@ def start_local_ray(settings: Settings) -> str:
             "at": time.time(),
             "address": address,
             "temp_dir": str(ray_temp_dir(settings)),
+            "auth_mode": auth_mode,
         },
     )
     return address
+
+
+def _ray_auth_mode() -> str:
+    """How the stack's Ray authenticates: RAY_AUTH_MODE when the user set it, else token (Ray 2.60's default for a
+    new local cluster; the token is generated once in ~/.ray/auth_token when missing, as ray.init() does).
+
+    Decided here for both sides: left to Ray, `ray start` turns token auth on only when a token file exists (any
+    earlier local ray.init(), e.g. `recstack train`, writes one) while a driver given an explicit address never
+    does, so `serve --detach` after `train` failed with "Authentication token is missing or incorrect"."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode:
+        return mode
+    result = subprocess.run(  # prints the token: captured, never shown
+        [_ray_bin(), "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise stack.StackError(f"`ray get-auth-token --generate` failed: {result.stderr.strip().splitlines()[-1:]}")
+    return "token"
+
+
+def connect_local_ray(settings: Settings, runtime_env: dict[str, Any]) -> None:
+    """Connect this process to the stack's own Ray (started if needed) with the authentication it was started with."""
+    import ray
+    from ray._raylet import Config  # type: ignore[attr-defined]
+
+    address = start_local_ray(settings)
+    info = stack.extra_state(settings).get("ray")
+    os.environ["RAY_AUTH_MODE"] = str(info.get("auth_mode", "disabled") if isinstance(info, dict) else "disabled")
+    Config.initialize("")  # Ray caches its config (the auth mode) per process: re-read it, as Ray itself does
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
 
 
 def ray_serve_env(settings: Settings) -> dict[str, str]:
@@ -169,7 +202,7 @@ def serve(
         ray.shutdown()
     os.environ.update(ray_serve_env(settings))  # the local Ray started below inherits it
     if detach:
-        ray.init(address=start_local_ray(settings), runtime_env=env, log_to_driver=False)
+        connect_local_ray(settings, env)
     else:  # this process's own Ray, or the cluster RAY_ADDRESS names (never whichever `ray start` ran last)
         address = os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, include_dashboard=False, runtime_env=env, log_to_driver=False)

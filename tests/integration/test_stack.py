@@ -147,8 +147,9 @@ def _py(code: str, home: Path) -> str:
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
-START = (
-    "from recstack.settings import get_settings; from serving.cli import start_local_ray as s; print(s(get_settings()))"
+START = (  # as `serve --detach` connects (the address printed as JOIN prints it, so the two compare)
+    "import ray; from recstack.settings import get_settings; from serving.cli import connect_local_ray as c; "
+    "c(get_settings(), {}); print(ray.get_runtime_context().gcs_address); ray.shutdown()"
 )
 STOP = (
     "from recstack.settings import get_settings; from serving.cli import stop_local_ray as s; print(s(get_settings()))"
@@ -168,8 +169,12 @@ def test_a_detached_serve_ray_belongs_to_its_stack_alone(tmp_path: Path) -> None
     a, b = tmp_path / "a", tmp_path / "b"
     folder_a, folder_b = (ray_temp_dir(Settings(home=h)) for h in (a, b))
     try:
+        # A local ray.init() first: it leaves a token file, after which `ray start` turned token auth on and
+        # `serve --detach`'s connection (no token: Ray never sends one to an explicit address) was refused.
+        _py(JOIN, tmp_path / "c")
         address_a, address_b = _py(START, a), _py(START, b)
         assert address_a != address_b
+        assert _py(START, a) == address_a, "a second serve --detach must join the stack's Ray, not start another"
         assert _py(JOIN, tmp_path / "c") not in (address_a, address_b)  # a new process starts its own Ray
         assert _ray_processes(folder_a) and _ray_processes(folder_b)
         assert _py(STOP, a) == "True"
