@@ -182,7 +182,11 @@ class FeatureLookup:
     """The fast online lookup (Feast's Redis hashes; item columns cached per materialization version)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.lookup_ = _online_lookup(settings, {"user_features": None}, {"item_features": None})
+        from recstack.features.online import OnlineLookup
+        from recstack.features.store import open_store
+        from recstack.features.training_frames import FEATURE_SERVICE
+
+        self.lookup_ = OnlineLookup.for_service(open_store(settings), stack.redis_client(settings), FEATURE_SERVICE)
         try:  # warm the item cache with the whole catalog so the first requests pay nothing
             with _pool(settings, size=1) as pool, pool.connection() as conn:
                 ids = [r[0] for r in conn.execute("SELECT external_id FROM items ORDER BY item_id")]

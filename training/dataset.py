@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +33,8 @@ from training.interactions import Catalog, Interactions
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from recstack.features.online import OnlineLookup
 
 NEGATIVE_TYPES = ("dislike", "skip")
 
@@ -202,20 +205,45 @@ def _join_chunk(args: tuple[pd.DataFrame, str]) -> pd.DataFrame:
 
 
 def subsample_unlabelled(frame: pd.DataFrame, per_user: int, seed: int) -> pd.DataFrame:
-    """Keep every labelled row and at most ``per_user`` unlabelled ("none", label 1) rows per user: half of them the
-    user's hardest (the best item-item, then collaborative, scores), half at random.
+    """Keep every labelled row and a uniform sample of at most ``per_user`` unlabelled ("none", label 1) rows per user.
 
     Nearly all candidates are unlabelled (a user acts on a handful of the ~300); pairwise and listwise losses learn
     from (labelled, unlabelled) pairs, so a sample of the unlabelled rows keeps the signal at a fraction of the
-    feature-join cost. The hard half matters: the slate's top 10 is decided among the best-scored candidates, and a
-    random sample holds few of them (the ranker then learned an easier problem than the one it serves).
+    feature-join cost. Uniform, not the hardest: on ml-latest-small a sample half made of the best item-item-scored
+    candidates taught the ranker to push those down, and it ordered whole candidate lists worse than item-item alone
+    (NDCG@10 0.15 vs 0.19); a uniform sample of the same size ordered them better (0.21), as well as the full lists.
     """
     rng = np.random.default_rng(seed)
-    users = frame["user"].to_numpy()
     unlabelled = frame["label"].to_numpy() == 1
-    random_rank = pd.Series(rng.random(len(frame))).groupby(users).rank(method="first").to_numpy()
-    order = frame["ii_score"].to_numpy(np.float64) * 1e3 + frame["cf_score"].to_numpy(np.float64)
-    hard_rank = pd.Series(-np.where(unlabelled, order, -np.inf)).groupby(users).rank(method="first").to_numpy()
-    hard = per_user // 2
-    keep = ~unlabelled | (hard_rank <= hard) | (random_rank <= per_user - hard)
-    return frame[keep].reset_index(drop=True)
+    random_rank = pd.Series(rng.random(len(frame))).groupby(frame["user"].to_numpy()).rank(method="first").to_numpy()
+    return frame[~unlabelled | (random_rank <= per_user)].reset_index(drop=True)
+
+
+def served_features(
+    lookup: OnlineLookup,
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    features: list[str],
+    categorical: list[str],
+    when: datetime,
+) -> pd.DataFrame:
+    """The model's input for each (user, candidate) row as serving builds it at ``when``: the online store's latest
+    values (recstack.features.online) through the rank stage's columns (recstack.stages.rank.model_columns)."""
+    from recstack.stages.rank import RankContext, model_columns
+    from recstack.stages.retrieve import CandidateSet
+
+    ctx = RankContext(when=when)
+    parts = []
+    for user, rows in frame.groupby("user", sort=False):
+        ids = [str(i) for i in catalog.item_external[rows["item"].to_numpy()]]
+        found = lookup.lookup(str(catalog.user_external[int(user)]), ids)
+        n = len(ids)
+        blank = [""] * n
+        candidates = CandidateSet(
+            ids, blank, blank, blank, [[]] * n, np.zeros((n, 0), np.float32), rows[CANDIDATE_FEATURES].to_numpy()
+        )
+        columns = model_columns(found.user, found.items, candidates, ctx, features, categorical)
+        parts.append(pd.DataFrame(columns, index=rows.index))
+    if not parts:
+        return pd.DataFrame(columns=features)
+    return pd.concat(parts).loc[frame.index, features].reset_index(drop=True)

@@ -151,6 +151,31 @@ class OnlineLookup:
 
         return cls(client, store.config.project, resolve(user_views), resolve(item_views), max_age_s)
 
+    @classmethod
+    def for_service(
+        cls,
+        store: FeatureStore,
+        client: redis.Redis,
+        service: str,
+        user_key: str = "user_id",
+        item_key: str = "item_id",
+        max_age_s: float = 600.0,
+    ) -> OnlineLookup:
+        """Every materialized view a feature service reads (all of each view's features: the on-demand views take
+        their inputs from them), as user or item views by their join key. A view added to the service is read with
+        no change here; one keyed by anything else is an error, not a column of NaN at serving."""
+        users: dict[str, Sequence[str] | None] = {}
+        items: dict[str, Sequence[str] | None] = {}
+        on_demand = {v.name for v in store.list_on_demand_feature_views()}
+        for projection in store.get_feature_service(service).feature_view_projections:
+            if projection.name in on_demand:
+                continue
+            join_key = store.get_feature_view(projection.name).entity_columns[0].name
+            if join_key not in (user_key, item_key):
+                raise ValueError(f"feature service {service}: view {projection.name} is keyed by {join_key!r}")
+            (users if join_key == user_key else items)[projection.name] = None
+        return cls.from_store(store, client, users, items, max_age_s)
+
     # -- items: column arrays in memory, per materialization version ---------------------------------------------
     def _read_items(self, ids: list[str]) -> dict[str, np.ndarray]:
         """Column arrays (object, None where missing) for ``ids``, read from Redis in pipelined chunks."""

@@ -1,0 +1,137 @@
+"""What the ranker learns from and is judged on: the unlabelled sample, its columns, and the views serving reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recstack.features.online import OnlineLookup
+from training.dataset import subsample_unlabelled
+from training.pipeline import ranker_columns
+
+
+def candidates(users: int = 4, per_user: int = 1000, labelled: int = 5) -> pd.DataFrame:
+    rows = []
+    for user in range(users):
+        for rank in range(per_user):  # item-item score falls with rank; the first `labelled` rows were acted on
+            rows.append(
+                {
+                    "user": user,
+                    "item": rank,
+                    "ii_score": 1.0 - rank / per_user,
+                    "cf_score": 0.0,
+                    "label": 4 if rank < labelled else 1,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_the_unlabelled_sample_keeps_every_label_and_is_uniform_over_scores() -> None:
+    frame = candidates()
+    sample = subsample_unlabelled(frame, 60, seed=7)
+    assert (sample["label"] > 1).sum() == (frame["label"] > 1).sum()
+    unlabelled = sample[sample["label"] == 1]
+    assert unlabelled.groupby("user").size().tolist() == [60] * 4
+    # Uniform: the kept "none" rows sit around the middle of the item-item order, not at its top (a sample of the
+    # hardest rows taught the ranker to push the best item-item candidates down).
+    assert 0.35 < unlabelled["ii_score"].mean() < 0.65
+
+
+def test_the_sample_is_reproducible_and_small_users_keep_everything() -> None:
+    frame = candidates(users=2, per_user=30)
+    pd.testing.assert_frame_equal(subsample_unlabelled(frame, 60, 1), frame)
+    big = candidates(users=2)
+    pd.testing.assert_frame_equal(subsample_unlabelled(big, 60, 3), subsample_unlabelled(big, 60, 3))
+
+
+def test_ranker_columns_leave_out_instants_lists_and_the_realtime_view() -> None:
+    n = 3
+    frame = pd.DataFrame(
+        {
+            "user": [0] * n,
+            "item": range(n),
+            "user_features__views_7d": [1.0, 2.0, 3.0],
+            "user_features__last_event_at": pd.to_datetime([1_600_000_000] * n, unit="s", utc=True),
+            "user_features__affinity_categories": [["a"], ["b"], ["a"]],
+            "user_realtime__recent_item_ids": [["x"]] * n,
+            "item_features__domain": ["movie"] * n,
+        }
+    )
+    from recstack.stages.retrieve import CANDIDATE_FEATURES
+
+    for column in CANDIDATE_FEATURES:
+        frame[column] = 0.0
+    features, categorical = ranker_columns(frame)
+    assert features[:2] == ["item_features__domain", "user_features__views_7d"]
+    assert features[2:] == list(CANDIDATE_FEATURES)
+    assert categorical == ["item_features__domain"]
+
+
+@dataclass
+class _Field:
+    name: str
+
+
+@dataclass
+class _View:
+    name: str
+    key: str
+    names: tuple[str, ...]
+
+    @property
+    def entity_columns(self) -> list[_Field]:
+        return [_Field(self.key)]
+
+    @property
+    def features(self) -> list[_Field]:
+        return [_Field(n) for n in self.names]
+
+
+class _Store:
+    """Feast's registry as OnlineLookup.for_service reads it (Redis is never touched by the constructor)."""
+
+    def __init__(self, views: list[_View], on_demand: list[str], service: list[str]) -> None:
+        self.views = {v.name: v for v in views}
+        self.on_demand = on_demand
+        self.service = service
+        self.config = type("Config", (), {"project": "recstack"})()
+
+    def get_feature_view(self, name: str) -> _View:
+        return self.views[name]
+
+    def list_on_demand_feature_views(self) -> list[_Field]:
+        return [_Field(n) for n in self.on_demand]
+
+    def get_feature_service(self, name: str) -> Any:
+        return type("Service", (), {"feature_view_projections": [_Field(n) for n in self.service]})()
+
+
+def test_serving_reads_every_view_of_the_feature_service_including_a_new_one() -> None:
+    views = [
+        _View("user_features", "user_id", ("views_7d",)),
+        _View("item_features", "item_id", ("domain", "age_days")),
+        _View("user_taste", "user_id", ("sci_fi_share",)),  # registered after the first release
+    ]
+    store = _Store(views, ["context_features"], ["user_features", "item_features", "context_features", "user_taste"])
+    lookup = OnlineLookup.for_service(store, client=None, service="ranking_v1")  # type: ignore[arg-type]
+    assert [v.view for v in lookup.user_views] == ["user_features", "user_taste"]
+    assert [(v.view, v.features) for v in lookup.item_views] == [("item_features", ("domain", "age_days"))]
+    assert "user_taste__sci_fi_share" in lookup._user_names
+
+
+def test_a_view_keyed_by_neither_user_nor_item_is_refused() -> None:
+    views = [_View("user_features", "user_id", ("views_7d",)), _View("sessions", "session_id", ("length",))]
+    store = _Store(views, [], ["user_features", "sessions"])
+    with pytest.raises(ValueError, match="sessions is keyed by 'session_id'"):
+        OnlineLookup.for_service(store, client=None, service="ranking_v1")  # type: ignore[arg-type]
+
+
+def test_uniform_sample_ignores_scores_entirely() -> None:
+    frame = candidates(users=1)
+    shuffled = frame.assign(ii_score=np.random.default_rng(0).permutation(frame["ii_score"].to_numpy()))
+    kept = subsample_unlabelled(frame, 60, 5)["item"].tolist()
+    assert kept == subsample_unlabelled(shuffled, 60, 5)["item"].tolist()
