@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import sparse
 
 from recstack.stages.item_item import ItemItem
+from recstack.stages.rank import in_list_columns
 from recstack.stages.retrieve import (
     CANDIDATE_FEATURES,
     RetrievalParams,
@@ -137,6 +138,8 @@ def candidate_frame(
             ii_scores=r.item_item_scores(int(user)),
         )
         part = pd.DataFrame(features, columns=CANDIDATE_FEATURES)
+        for name, column in in_list_columns(features).items():  # over the whole list, before any sampling
+            part[name] = column
         part.insert(0, "item", items.astype(np.int64))
         part.insert(0, "user", int(user))
         parts.append(part)

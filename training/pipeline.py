@@ -29,7 +29,7 @@ import psycopg
 from recstack import stack
 from recstack.settings import Settings
 from recstack.stages.item_item import ItemItem
-from recstack.stages.rank import model_input
+from recstack.stages.rank import RANKER_CANDIDATE_FEATURES, model_input
 from recstack.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
 from recstack.tables import registry
 from training import dataset, protocols
@@ -108,7 +108,7 @@ def ranker_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
         and not _is_list_column(frame[c])
         and not pd.api.types.is_datetime64_any_dtype(frame[c])
     )
-    features = [*feast_columns, *CANDIDATE_FEATURES]
+    features = [*feast_columns, *RANKER_CANDIDATE_FEATURES]
     categorical = [c for c in features if frame[c].dtype == object]
     return features, categorical
 

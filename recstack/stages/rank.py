@@ -18,6 +18,36 @@ import pandas as pd
 from recstack.features import transforms
 from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 
+# Retrieval scores whose scale belongs to the model that produced them: the ranker learns from candidates scored by
+# item-item weights and embeddings fit on the train part, and serves candidates scored by ones refit on every event,
+# whose scores sit elsewhere (trees split on absolute values). It sees where each candidate stands in its own list.
+LIST_RELATIVE = (
+    "cf_score",
+    "content_score",
+    "log_popularity",
+    "ii_score",
+    "user_score",
+    "recent_mean_score",
+    "recent_max_score",
+)
+IN_LIST = "_in_list"
+RANKER_CANDIDATE_FEATURES = [f + IN_LIST if f in LIST_RELATIVE else f for f in CANDIDATE_FEATURES]
+
+
+def in_list(values: np.ndarray) -> np.ndarray:
+    """Each value's place among one list's values in [0, 1] (1 = the highest; ties share their mean place)."""
+    from scipy.stats import rankdata
+
+    n = len(values)
+    if n < 2:
+        return np.ones(n, dtype=np.float64)
+    return (rankdata(values, method="average") - 1.0) / (n - 1.0)
+
+
+def in_list_columns(features: np.ndarray) -> dict[str, np.ndarray]:
+    """The list-relative columns of one list's CANDIDATE_FEATURES matrix (a request's, or a user's in training)."""
+    return {f + IN_LIST: in_list(features[:, CANDIDATE_FEATURES.index(f)].astype(np.float64)) for f in LIST_RELATIVE}
+
 
 @dataclass
 class RankContext:
@@ -93,6 +123,8 @@ def model_columns(
     for name in features:
         if name in position:
             column = candidates.features[:, position[name]]
+        elif name.endswith(IN_LIST) and name.removesuffix(IN_LIST) in position:
+            column = in_list(candidates.features[:, position[name.removesuffix(IN_LIST)]].astype(np.float64))
         elif name.startswith("context_features__"):
             out[name] = _broadcast(context[name.removeprefix("context_features__")], n, name in categorical)
             continue

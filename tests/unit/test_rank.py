@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 
 from recstack.features import transforms
-from recstack.stages.rank import RankContext, model_columns, model_input
+from recstack.stages.rank import (
+    IN_LIST,
+    RANKER_CANDIDATE_FEATURES,
+    RankContext,
+    in_list_columns,
+    model_columns,
+    model_input,
+)
 from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
 
 
@@ -51,6 +58,8 @@ def training_layout(
         frame[f"user_item_features__{name}"] = column.to_numpy()
     for position, name in enumerate(CANDIDATE_FEATURES):
         frame[name] = candidates.features[:, position]
+    for name, column in in_list_columns(candidates.features).items():  # as training's candidate frames carry them
+        frame[name] = column
     return frame
 
 
@@ -92,6 +101,7 @@ def test_fast_matrix_equals_the_training_layout() -> None:
         "user_item_features__category_match_rank",
         "user_item_features__seconds_since_last_event",
         *CANDIDATE_FEATURES,
+        *(f for f in RANKER_CANDIDATE_FEATURES if f.endswith(IN_LIST)),
     ]
     categorical = [
         "item_features__domain",

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from recstack.features.online import OnlineLookup
+from recstack.stages.rank import RANKER_CANDIDATE_FEATURES, in_list
 from training.dataset import subsample_unlabelled
 from training.pipeline import ranker_columns
 
@@ -61,13 +62,11 @@ def test_ranker_columns_leave_out_instants_lists_and_the_realtime_view() -> None
             "item_features__domain": ["movie"] * n,
         }
     )
-    from recstack.stages.retrieve import CANDIDATE_FEATURES
-
-    for column in CANDIDATE_FEATURES:
+    for column in RANKER_CANDIDATE_FEATURES:
         frame[column] = 0.0
     features, categorical = ranker_columns(frame)
     assert features[:2] == ["item_features__domain", "user_features__views_7d"]
-    assert features[2:] == list(CANDIDATE_FEATURES)
+    assert features[2:] == RANKER_CANDIDATE_FEATURES
     assert categorical == ["item_features__domain"]
 
 
@@ -135,3 +134,11 @@ def test_uniform_sample_ignores_scores_entirely() -> None:
     shuffled = frame.assign(ii_score=np.random.default_rng(0).permutation(frame["ii_score"].to_numpy()))
     kept = subsample_unlabelled(frame, 60, 5)["item"].tolist()
     assert kept == subsample_unlabelled(shuffled, 60, 5)["item"].tolist()
+
+
+def test_list_places_do_not_change_when_a_refit_model_scores_on_another_scale() -> None:
+    scores = np.array([0.02, 0.5, 0.5, -0.1, 0.3])
+    places = in_list(scores)
+    assert places.tolist() == [0.25, 0.875, 0.875, 0.0, 0.5]
+    np.testing.assert_allclose(in_list(scores * 3.0 + 1.0), places)  # what trees split on stays put
+    assert in_list(np.array([7.0])).tolist() == [1.0]
