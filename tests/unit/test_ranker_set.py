@@ -142,3 +142,19 @@ def test_list_places_do_not_change_when_a_refit_model_scores_on_another_scale() 
     assert places.tolist() == [0.25, 0.875, 0.875, 0.0, 0.5]
     np.testing.assert_allclose(in_list(scores * 3.0 + 1.0), places)  # what trees split on stays put
     assert in_list(np.array([7.0])).tolist() == [1.0]
+
+
+def test_held_out_test_items_are_left_out_of_the_ranker_candidates() -> None:
+    from training.dataset import also_seen, history
+    from training.interactions import Interactions
+
+    def events(users: list[int], items: list[int]) -> Interactions:
+        n = len(users)
+        return Interactions(
+            np.array(users), np.array(items), np.array(["like"] * n, dtype=object), np.ones(n), np.arange(n)
+        )
+
+    hist = history(events([0, 0, 1], [1, 2, 3]), n_users=2)
+    merged = also_seen(hist, events([0, 1, 1], [5, 3, 4]))
+    assert merged.seen(0).tolist() == [1, 2, 5] and merged.seen(1).tolist() == [3, 4]
+    assert [r.tolist() for r in merged.recent] == [r.tolist() for r in hist.recent]  # queries stay the history's
