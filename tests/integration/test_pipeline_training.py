@@ -32,7 +32,9 @@ def test_train_registers_promotes_and_stores_vectors(trained_stack: Settings) ->
     assert record.sha256 == registry.sha256_file(__import__("pathlib").Path(record.path))
     assert record.path.endswith(".cbm") and record.features and record.data_window["protocol"] == "random"
     assert record.data_window["served_vectors_saw"] == "every event"
-    assert "cf_score" in record.features and "ii_score" in record.features
+    # Retrieval scores as places in their own list (the served ones come from models refit on every event).
+    assert {"cf_score_in_list", "ii_score_in_list", "from_ii"} <= set(record.features)
+    assert "cf_score" not in record.features and "user_features__last_event_at" not in record.features
     assert any(f.startswith("user_features__") for f in record.features)
     assert catalog == (n_items,) and with_content == n_items and 0 < with_cf <= 300
     assert n_users is not None and n_users[0] == 600
