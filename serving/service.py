@@ -34,6 +34,7 @@ from recstack.stages.retrieve import (
     ItemItemIndex,
     RetrievalParams,
     configure_connection,
+    place_cold,
     retrieve,
     source_order,
 )
@@ -270,7 +271,7 @@ class Ranker:
         if found is not None and found[4] is not None:
             return source_order(candidates.features, found[4]), found[0]
         version, model, columns, _, categorical = self._matrix(user, items, candidates, ctx, version)
-        return score(model, columns, categorical), version
+        return place_cold(score(model, columns, categorical), candidates.features), version
 
     def explain(
         self,

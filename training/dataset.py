@@ -27,6 +27,7 @@ from recstack.stages.retrieve import (
     RetrievalParams,
     candidates_offline,
     content_query,
+    place_cold,
     query_vector,
 )
 from training.batch import map_chunks, ray_is_up
@@ -216,6 +217,17 @@ def _join_chunk(args: tuple[pd.DataFrame, str]) -> pd.DataFrame:
 
     labels, service = args
     return ranker_frame(open_store(get_settings()), labels, service=service)
+
+
+def as_served(frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
+    """Scores for many users' candidate rows as serving orders each list: new items placed per list by
+    ``place_cold`` (its best and lowest scores are the list's own, not the whole frame's)."""
+    features = frame[CANDIDATE_FEATURES].to_numpy(np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    out = np.empty(len(frame), dtype=np.float64)
+    for rows in frame.groupby("user", sort=False).indices.values():
+        out[rows] = place_cold(scores[rows], features[rows])
+    return out
 
 
 def subsample_unlabelled(frame: pd.DataFrame, per_user: int, seed: int) -> pd.DataFrame:

@@ -28,7 +28,7 @@ import psycopg
 from recstack import stack
 from recstack.settings import Settings
 from recstack.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
-from recstack.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
+from recstack.stages.retrieve import RetrievalParams
 from recstack.tables import registry
 from training import baselines, dataset, metrics, protocols
 from training.batch import ensure_ray
@@ -114,11 +114,11 @@ def ranked_candidates(
     frame = dataset.join_features(open_store(settings), frame, catalog, test.first_ts, progress=progress)
     order_by = record.params.get("order_by")
     if order_by:  # the ranker did not beat this source on held-out groups: serving orders by it
-        frame["score"] = source_order(frame[CANDIDATE_FEATURES].to_numpy(np.float64), order_by)
+        frame["score"] = dataset.as_served(frame, frame[order_by].to_numpy(np.float64))
         return frame
     model = registry.load_verified(record)
     categorical = record.params.get("categorical", [])
-    frame["score"] = model.predict(model_input(frame, record.features, categorical))
+    frame["score"] = dataset.as_served(frame, model.predict(model_input(frame, record.features, categorical)))
     return frame
 
 

@@ -30,7 +30,7 @@ from recstack import stack
 from recstack.settings import Settings
 from recstack.stages.item_item import ItemItem
 from recstack.stages.rank import RANKER_CANDIDATE_FEATURES, model_input
-from recstack.stages.retrieve import CANDIDATE_FEATURES, RetrievalParams, source_order
+from recstack.stages.retrieve import RetrievalParams
 from recstack.tables import registry
 from training import dataset, protocols
 from training.batch import ensure_ray
@@ -309,9 +309,9 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     # (every window empty), a ranker that lost through /recommend (0.88x EASE) passed this guard.
     lookup = OnlineLookup.for_service(store, stack.redis_client(settings), FEATURE_SERVICE)
     served = dataset.served_features(lookup, guard, catalog, features, categorical, datetime.now(UTC))
-    guard["ranker"] = model.predict(served)
-    for source in ORDER_SOURCES:  # as serving orders by a source (new items by content)
-        guard[source + "_order"] = source_order(guard[CANDIDATE_FEATURES].to_numpy(np.float64), source)
+    guard["ranker"] = dataset.as_served(guard, model.predict(served))  # new items placed by content, per list
+    for source in ORDER_SOURCES:  # as serving orders by a source
+        guard[source + "_order"] = dataset.as_served(guard, guard[source].to_numpy(np.float64))
     orders = source_orders_ndcg(guard, ["ranker", *(s + "_order" for s in ORDER_SOURCES)])
     orders = {k.removesuffix("_order"): v for k, v in orders.items()}
     timed("ranker_vs_sources_s", started)

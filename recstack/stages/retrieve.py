@@ -31,16 +31,21 @@ NEAR_DUPLICATE = 0.9  # content similarity above which a new item counts as a co
 
 
 def source_order(features: np.ndarray, source: str) -> np.ndarray:
-    """Scores when a model serves one source's order (its ranker did not beat that source): the source's score.
+    """Scores when a model serves one source's order (its ranker did not beat that source): the source's score,
+    with new items placed by ``place_cold``. ``features`` are CANDIDATE_FEATURES columns."""
+    return place_cold(features[:, CANDIDATE_FEATURES.index(source)].astype(np.float64), features)
 
-    Items neither collaborative source can score (new items: no vector, no neighbours) have no evidence beyond their
-    content: a near-duplicate of the history (content similarity >= NEAR_DUPLICATE) gets that similarity times the
-    best source score among the candidates, so it comes right after the best item; any other new item goes below
-    every scored candidate, in content order. Ranking new items by content alone above scored ones floods slates
-    with never-rated catalog entries that happen to share genres (on ml-latest-small the item-item order lost 20%
-    NDCG@10 through /recommend that way). ``features`` are CANDIDATE_FEATURES columns."""
+
+def place_cold(scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """One list's scores (a source's or the ranker's) with the items neither collaborative source can score placed
+    by their content: new items (no vector, no neighbours) have no other evidence, and no ranker has seen one
+    labelled. A near-duplicate of the history (content similarity >= NEAR_DUPLICATE) gets that similarity times the
+    best score among the scored candidates, so it comes right after the best item; any other new item
+    goes below every scored candidate, in content order. Ranking new items by content alone above scored ones floods
+    slates with never-rated catalog entries that happen to share genres (on ml-latest-small the item-item order lost
+    20% NDCG@10 through /recommend that way). ``features`` are the list's CANDIDATE_FEATURES columns."""
     column = {name: features[:, n].astype(np.float64) for n, name in enumerate(CANDIDATE_FEATURES)}
-    scores = column[source].copy()
+    scores = np.asarray(scores, dtype=np.float64).copy()
     cold = (column["ii_score"] == 0) & (column["cf_score"] == 0)
     if not cold.any():
         return scores
@@ -49,7 +54,7 @@ def source_order(features: np.ndarray, source: str) -> np.ndarray:
     top = float(warm.max()) if len(warm) else 1.0
     floor = float(warm.min()) if len(warm) else 0.0
     duplicate = cold & (content >= NEAR_DUPLICATE)
-    scores[duplicate] = content[duplicate] * max(top, 0.0)
+    scores[duplicate] = top - (1.0 - content[duplicate]) * abs(top)  # content x top for a positive top
     rest = cold & ~duplicate
     scores[rest] = floor - 1.0 + content[rest]
     return scores

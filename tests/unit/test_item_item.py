@@ -99,3 +99,25 @@ def test_a_new_item_that_only_shares_genres_stays_below_every_scored_candidate()
     features[:, col["content_score"]] = [0.1, 0.2, 0.7, 0.5]  # same genres, not a copy
     scores = source_order(features, "ii_score")
     assert list(np.argsort(-scores)) == [0, 1, 2, 3]  # scored items first, then new ones by content
+
+
+def test_the_rankers_order_places_new_items_the_same_way_per_list() -> None:
+    """The ranker never saw an item without interactions labelled: its scores get the same new-item rule, with each
+    list's own best score (a frame of many users is placed user by user, as serving places each request)."""
+    import pandas as pd
+
+    from recstack.stages.retrieve import CANDIDATE_FEATURES, place_cold
+    from training.dataset import as_served
+
+    features = np.zeros((3, len(CANDIDATE_FEATURES)), np.float32)
+    col = {name: n for n, name in enumerate(CANDIDATE_FEATURES)}
+    features[:, col["ii_score"]] = [0.8, 0.2, 0.0]  # the third item is new: no neighbours, no vector
+    features[:, col["cf_score"]] = [0.5, 0.4, 0.0]
+    features[:, col["content_score"]] = [0.1, 0.2, 0.95]
+    for ranker in ([2.0, 1.0, 9.0], [-0.5, -3.0, 9.0]):  # the ranker put the copy first; scores of either sign
+        scores = place_cold(np.array(ranker), features)
+        assert list(np.argsort(-scores)) == [0, 2, 1]
+    frame = pd.DataFrame(np.vstack([features, features]), columns=CANDIDATE_FEATURES)
+    frame["user"] = [1, 1, 1, 2, 2, 2]
+    both = as_served(frame, np.array([2.0, 1.0, 9.0, 200.0, 100.0, 900.0]))
+    assert list(np.argsort(-both[:3])) == [0, 2, 1] and list(np.argsort(-both[3:])) == [0, 2, 1]
