@@ -12,7 +12,7 @@ Protocol (time-based, nothing after the cutoff feeds a query):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -74,15 +74,10 @@ def history(events: Interactions, n_users: int, recent: int = 20) -> History:
     return History(recent_lists, seen_ptr, seen_items.astype(np.int64))
 
 
-def also_seen(hist: History, events: Interactions) -> History:
-    """``hist`` with the items of ``events`` counted as seen too (left out of candidates, not used as queries)."""
-    n_users = len(hist.seen_ptr) - 1
-    extra = pd.Series(events.item.astype(np.int64)).groupby(events.user).unique()
-    parts = [np.union1d(hist.seen(u), extra.get(u, np.empty(0, np.int64))) for u in range(n_users)]
-    seen_ptr = np.zeros(n_users + 1, np.int64)
-    seen_ptr[1:] = np.cumsum([len(p) for p in parts])
-    seen_items = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-    return History(hist.recent, seen_ptr, seen_items)
+def with_seen(hist: History, events: Interactions) -> History:
+    """``hist``'s queries with the seen sets of ``events`` (the history and more: all left out of candidates)."""
+    seen = history(events, len(hist.seen_ptr) - 1)
+    return replace(hist, seen_ptr=seen.seen_ptr, seen_items=seen.seen_items)
 
 
 def window_labels(events: Interactions) -> pd.DataFrame:

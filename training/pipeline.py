@@ -120,16 +120,17 @@ def labelled_candidates(
     retrieval: dataset.Retrieval,
     params: RetrievalParams,
     users: np.ndarray,
-    unseen: Interactions | None = None,
+    seen: Interactions | None = None,
 ) -> pd.DataFrame:
     """Serving's candidates for ``users`` from their history ``before``, labelled by their events in ``window``.
 
-    ``unseen`` are events that are neither history nor label (the evaluation's test part): their items are left out
-    of the candidates. Kept, each user's own held-out positives sat in the lists as "none", as many as the labelled
-    ones, and the ranker learned to push down exactly the candidates that look like positives."""
+    ``seen`` (default ``before``) are the events whose items are left out of the candidates: the history plus the
+    evaluation's test part. With the test part's items kept, each user's own held-out positives sat in the lists as
+    "none", as many as the labelled ones, and the ranker learned to push down the candidates that look like
+    positives."""
     hist = dataset.history(before, catalog.n_users)
-    if unseen is not None and len(unseen):
-        hist = dataset.also_seen(hist, unseen)
+    if seen is not None:
+        hist = dataset.with_seen(hist, seen)
     candidates = dataset.candidate_frame(users, hist, retrieval, params, catalog.n_items)
     return dataset.attach_labels(candidates, dataset.window_labels(window))
 
@@ -153,12 +154,12 @@ def build_ranker_set(
     unlabelled_per_user: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
-    unseen: Interactions | None = None,
+    seen: Interactions | None = None,
 ) -> pd.DataFrame:
     """Candidates for a sample of the users with held-out positives, with graded labels and point-in-time features
     at the user's first held-out event."""
     users = labelled_users(window, max_users, seed)
-    candidates = labelled_candidates(catalog, before, window, retrieval, params, users, unseen)
+    candidates = labelled_candidates(catalog, before, window, retrieval, params, users, seen)
     labelled = dataset.subsample_unlabelled(candidates, unlabelled_per_user, seed)
     return dataset.join_features(store, labelled, catalog, dataset.first_event_ts(window), progress=progress)
 
@@ -239,7 +240,8 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         content = load_content_matrix(conn, catalog)
         timed("content_vectors_s", started)
 
-    history, valid, test = events.take(holdout.train), events.take(holdout.valid), events.take(holdout.test)
+    history, valid = events.take(holdout.train), events.take(holdout.valid)
+    seen = events.take(holdout.train | holdout.test)  # left out of the ranker's candidates
     started = time.perf_counter()
     e1 = train_embeddings(
         history,
@@ -269,7 +271,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         config.unlabelled_per_user,
         config.seed,
         progress=lambda done, total: step("features", done, total),
-        unseen=test,
+        seen=seen,
     )
     timed("ranker_set_s", started)
     features, categorical = ranker_columns(frame)
@@ -300,7 +302,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     # candidates, an easier problem than the one the ranker serves).
     started = time.perf_counter()
     guard_users = np.sort(early["user"].unique())[:GUARD_USERS]
-    guard = labelled_candidates(catalog, history, valid, retrieval_1, config.retrieval, guard_users, test)
+    guard = labelled_candidates(catalog, history, valid, retrieval_1, config.retrieval, guard_users, seen)
     guard = sort_by_group(guard, "user")
     # Features as serving reads them: the online store's latest values through the rank stage's columns (a request
     # comes now, not at the data's time). On replayed history (ml-latest-small ends in 2016) the ranker's time-window

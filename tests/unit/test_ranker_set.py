@@ -145,7 +145,7 @@ def test_list_places_do_not_change_when_a_refit_model_scores_on_another_scale() 
 
 
 def test_held_out_test_items_are_left_out_of_the_ranker_candidates() -> None:
-    from training.dataset import also_seen, history
+    from training.dataset import history, with_seen
     from training.interactions import Interactions
 
     def events(users: list[int], items: list[int]) -> Interactions:
@@ -155,6 +155,6 @@ def test_held_out_test_items_are_left_out_of_the_ranker_candidates() -> None:
         )
 
     hist = history(events([0, 0, 1], [1, 2, 3]), n_users=2)
-    merged = also_seen(hist, events([0, 1, 1], [5, 3, 4]))
+    merged = with_seen(hist, events([0, 0, 1, 0, 1, 1], [1, 2, 3, 5, 3, 4]))  # the history plus the test part
     assert merged.seen(0).tolist() == [1, 2, 5] and merged.seen(1).tolist() == [3, 4]
     assert [r.tolist() for r in merged.recent] == [r.tolist() for r in hist.recent]  # queries stay the history's
