@@ -52,9 +52,11 @@ def train(
         f"trials: {json.dumps(report.best_config)}; valid NDCG@10 {report.valid_ndcg10:.4f}",
     )
     orders = ", ".join(f"{k} {v:.4f}" for k, v in report.valid_orders.items())
+    ratio, low, high = report.ranker_vs_best_source
     console.print(
-        f"held-out NDCG@10 by order: {orders}; serving orders by "
-        + (f"{report.order_by} (the ranker did not beat it)" if report.order_by else "the ranker"),
+        f"held-out NDCG@10 by order: {orders}; ranker / best source {ratio:.3f}x (95% CI {low:.3f}-{high:.3f}); "
+        "serving orders by "
+        + (f"{report.order_by} (the ranker did not beat it clearly)" if report.order_by else "the ranker"),
         highlight=False,
     )
 

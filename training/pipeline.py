@@ -8,8 +8,10 @@ The events are split by an evaluation protocol (training/protocols.py; default `
      event (later, the user's own held-out ratings are inside the item and user aggregates: on ml-latest-small that
      leak made the ranker look 1.4x better than item-item on held-out users and lose to it on the real test) ->
      ranker set, its users split 80/20 into fit and early-stopping groups; Ray Tune searches CatBoost on
-     it. The ranker is kept only if it orders the early-stopping groups better than its best single source
-     (item-item or collaborative score); otherwise the model records that source as its order.
+     it (seeded, reproducible). The ranker is kept only if it orders whole candidate lists clearly better than its
+     best single source (item-item or collaborative score): lists scored by rankers cross-fitted over the users,
+     the lower end of the paired bootstrap interval of the NDCG ratio above 1; otherwise the model records that
+     source as its order.
   2. What serves is refit on every event (E2, II2): `recstack evaluate` refits on everything but the test part
      itself, so the evaluation scores the served code with nothing of the test part seen.
 """
@@ -36,13 +38,15 @@ from training import dataset, protocols
 from training.batch import ensure_ray
 from training.embeddings import EmbeddingModel, train_embeddings
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions
+from training.metrics import paired_bootstrap_ratio
 from training.ranker import RankerData, sort_by_group, train_ranker
 
 ProgressFn = Callable[[str, int, int], None]
 TRAIN_SUITES = ["users", "items", "events", "user_features", "item_features"]
 # Single sources the ranker has to beat on held-out groups (their score orders the slate when it does not).
 ORDER_SOURCES = ["ii_score", "cf_score"]
-GUARD_USERS = 2000  # early-stopping users whose whole candidate lists judge the ranker against the sources
+GUARD_USERS = 2000  # users whose whole candidate lists judge the ranker against the sources
+GUARD_FOLDS = 4  # cross-fitted rankers: each guard user's list is scored by one fit without that user
 
 
 @dataclass
@@ -72,6 +76,7 @@ class TrainReport:
     trials: list[dict[str, Any]]
     order_by: str | None = None  # a source's score serves instead of the ranker (it did not beat that source)
     valid_orders: dict[str, float] = field(default_factory=dict)
+    ranker_vs_best_source: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))  # ratio, 95% CI
 
 
 def retrieval_inputs(
@@ -190,19 +195,55 @@ def holdout_for(events: Interactions, config: TrainConfig) -> protocols.Holdout:
     return protocols.split(events.user, events.item, events.event_type, events.value, events.ts, cfg)
 
 
-def source_orders_ndcg(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:
-    """NDCG@10 of ordering each user's candidates by one column (graded labels as the ranker sees them)."""
+def per_user_ndcg(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """NDCG@10 of ordering each user's candidates by one column, per user with a labelled positive in the list (users
+    in ascending order, the same for every column; graded labels as the ranker sees them)."""
     from training.metrics import per_user
 
-    out = {}
-    for column in columns:
-        ordered = frame.sort_values(["user", column], ascending=[True, False], kind="stable")
-        slates, relevant = [], []
-        for _, group in ordered.groupby("user", sort=False):
-            labels = group["label"].to_numpy() - 1  # stored shifted by +1 (attach_labels)
-            slates.append(group["item"].to_numpy()[:10])
-            relevant.append({int(i): int(g) for i, g in zip(group["item"], labels, strict=True) if g > 0})
-        out[column] = float(per_user(slates, relevant, 10)["ndcg"].mean()) if slates else 0.0
+    ordered = frame.sort_values(["user", column], ascending=[True, False], kind="stable")
+    slates, relevant = [], []
+    for _, group in ordered.groupby("user", sort=True):
+        labels = group["label"].to_numpy() - 1  # stored shifted by +1 (attach_labels)
+        slates.append(group["item"].to_numpy()[:10])
+        relevant.append({int(i): int(g) for i, g in zip(group["item"], labels, strict=True) if g > 0})
+    return per_user(slates, relevant, 10)["ndcg"]
+
+
+def cross_fitted_scores(
+    frame: pd.DataFrame,
+    guard: pd.DataFrame,
+    served: pd.DataFrame,
+    features: list[str],
+    categorical: list[str],
+    config: dict[str, Any],
+    rounds: int,
+    seed: int,
+    progress: ProgressFn,
+) -> np.ndarray:
+    """Score each guard row (``served`` holds its model input) with a ranker of ``config`` fit for ``rounds`` on the
+    ranker set without that user's fold of the guard users (GUARD_FOLDS folds)."""
+    users = np.unique(guard["user"].to_numpy())
+    fold_of = pd.Series(np.random.default_rng(seed).permutation(len(users)) % GUARD_FOLDS, index=users)
+    guard_fold = guard["user"].map(fold_of).to_numpy()
+    frame_fold = frame["user"].map(fold_of).fillna(-1).to_numpy()  # users outside the guard train every fold
+    out = np.zeros(len(guard), np.float64)
+    for fold in range(GUARD_FOLDS):
+        rows = guard_fold == fold
+        if rows.any():
+            data = to_ranker_data(frame[frame_fold != fold], features, categorical)
+            model, _ = train_ranker(
+                data,
+                None,
+                loss=config["loss"],
+                depth=int(config["depth"]),
+                learning_rate=config["learning_rate"],
+                l2_leaf_reg=config["l2_leaf_reg"],
+                iterations=rounds,
+                seed=seed,
+                threads=2,
+            )
+            out[rows] = model.predict(served[rows])
+        progress("guard", fold + 1, GUARD_FOLDS)
     return out
 
 
@@ -297,11 +338,14 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         threads=2,
     )
     timed("ranker_final_fit_s", started)
-    # The ranker must beat its best single source on the early-stopping users, or that source's order serves. Judged
-    # on their whole candidate lists, as serving ranks them (the ranker set holds a sample of each user's unlabelled
-    # candidates, an easier problem than the one the ranker serves).
+    # The ranker must beat its best single source, or that source's order serves. Judged on whole candidate lists, as
+    # serving ranks them (the ranker set holds a sample of each user's unlabelled candidates, an easier problem), by
+    # rankers of the chosen configuration cross-fitted over the users: every user's list is scored by a model that
+    # never saw that user, and not by the model whose early stopping and Tune's pick were chosen on them.
     started = time.perf_counter()
-    guard_users = np.sort(early["user"].unique())[:GUARD_USERS]
+    step("guard", 0, GUARD_FOLDS)
+    guard_users = labelled_users(valid, GUARD_USERS, config.seed + 1)
+    guard_users = guard_users[np.isin(guard_users, frame["user"].unique())]
     guard = labelled_candidates(catalog, history, valid, retrieval_1, config.retrieval, guard_users, seen)
     guard = sort_by_group(guard, "user")
     # Features as serving reads them: the online store's latest values through the rank stage's columns (a request
@@ -311,14 +355,18 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     # (every window empty), a ranker that lost through /recommend (0.88x EASE) passed this guard.
     lookup = OnlineLookup.for_service(store, stack.redis_client(settings), FEATURE_SERVICE)
     served = dataset.served_features(lookup, guard, catalog, features, categorical, datetime.now(UTC))
-    guard["ranker"] = dataset.as_served(guard, model.predict(served))  # new items placed by content, per list
+    rounds = int(metrics["best_iteration"]) + 1
+    oof = cross_fitted_scores(frame, guard, served, features, categorical, best, rounds, config.seed, step)
+    guard["ranker"] = dataset.as_served(guard, oof)  # new items placed by content, per list
     for source in ORDER_SOURCES:  # as serving orders by a source
         guard[source + "_order"] = dataset.as_served(guard, guard[source].to_numpy(np.float64))
-    orders = source_orders_ndcg(guard, ["ranker", *(s + "_order" for s in ORDER_SOURCES)])
-    orders = {k.removesuffix("_order"): v for k, v in orders.items()}
-    timed("ranker_vs_sources_s", started)
+    columns = ["ranker", *(s + "_order" for s in ORDER_SOURCES)]
+    per_user = {c.removesuffix("_order"): per_user_ndcg(guard, c) for c in columns}
+    orders = {k: float(v.mean()) if len(v) else 0.0 for k, v in per_user.items()}
     best_source = max(ORDER_SOURCES, key=lambda c: orders[c])
-    order_by = None if orders["ranker"] >= orders[best_source] else best_source
+    gain, gain_low, gain_high = paired_bootstrap_ratio(per_user["ranker"], per_user[best_source], seed=config.seed)
+    order_by = None if gain_low > 1.0 else best_source
+    timed("ranker_vs_sources_s", started)
 
     started = time.perf_counter()
     e2 = train_embeddings(
@@ -361,6 +409,8 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
                 **metrics,
                 "tune_best_valid_ndcg@10": result.best_ndcg10,
                 **{f"valid_ndcg@10_by_{k}": round(v, 4) for k, v in orders.items()},
+                "ranker_vs_best_source": [round(gain, 4), round(gain_low, 4), round(gain_high, 4)],
+                "guard_users": len(per_user["ranker"]),
             },
             data_window=window,
         )
@@ -382,4 +432,5 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         trials=result.trials,
         order_by=order_by,
         valid_orders=orders,
+        ranker_vs_best_source=(gain, gain_low, gain_high),
     )

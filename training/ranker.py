@@ -33,7 +33,7 @@ def sort_by_group(frame: pd.DataFrame, group_col: str) -> pd.DataFrame:
 
 def train_ranker(
     train: RankerData,
-    valid: RankerData,
+    valid: RankerData | None,
     loss: str = "YetiRank",
     depth: int = 6,
     learning_rate: float = 0.1,
@@ -41,10 +41,9 @@ def train_ranker(
     iterations: int = 300,
     seed: int = 42,
     threads: int = 1,
-    init_model: CatBoostRanker | None = None,
-    use_best_model: bool = True,
 ) -> tuple[CatBoostRanker, dict[str, float]]:
-    """Fit a ranker with early stopping on the validation groups; returns the model and validation NDCG@10."""
+    """Fit a ranker with early stopping on the validation groups; returns the model and validation NDCG@10 (without
+    validation groups: ``iterations`` rounds, NaN)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     model = CatBoostRanker(
@@ -56,12 +55,12 @@ def train_ranker(
         iterations=iterations,
         random_seed=seed,
         thread_count=threads,
-        early_stopping_rounds=50,
+        early_stopping_rounds=50 if valid is not None else None,
         verbose=False,
         allow_writing_files=False,
     )
-    # init_model continues boosting from an earlier model (the tuner reports between chunks of rounds).
-    model.fit(train.pool(), eval_set=valid.pool(), use_best_model=use_best_model, init_model=init_model)
+    eval_set = valid.pool() if valid is not None else None
+    model.fit(train.pool(), eval_set=eval_set, use_best_model=valid is not None)
     # get_best_score() comes back empty for rankers in CatBoost 1.2.10; the eval history has the values.
     history = model.get_evals_result().get("validation", {}).get("NDCG:top=10;type=Base", [])
     best_iteration = model.get_best_iteration()

@@ -158,3 +158,36 @@ def test_held_out_test_items_are_left_out_of_the_ranker_candidates() -> None:
     merged = with_seen(hist, events([0, 0, 1, 0, 1, 1], [1, 2, 3, 5, 3, 4]))  # the history plus the test part
     assert merged.seen(0).tolist() == [1, 2, 5] and merged.seen(1).tolist() == [3, 4]
     assert [r.tolist() for r in merged.recent] == [r.tolist() for r in hist.recent]  # queries stay the history's
+
+
+def test_the_guard_scores_each_user_with_a_ranker_that_never_saw_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import pipeline
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for user in range(40):
+        for item in range(30):
+            signal = rng.random()
+            rows.append({"user": user, "item": item, "signal": signal, "label": 4 if signal > 0.9 else 1})
+    frame = pd.DataFrame(rows)
+    seen_by_fit: list[set[int]] = []
+    real_fit = pipeline.train_ranker
+
+    def recording_fit(data: Any, valid: Any, **kwargs: Any) -> Any:
+        seen_by_fit.append(set(data.group.tolist()))
+        return real_fit(data, valid, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_ranker", recording_fit)
+    config = {"loss": "YetiRank", "depth": 3, "learning_rate": 0.1, "l2_leaf_reg": 3.0}
+    guard = frame[frame["user"] < 20].reset_index(drop=True)
+    scores = pipeline.cross_fitted_scores(
+        frame, guard, guard[["signal"]], ["signal"], [], config, 40, seed=1, progress=lambda *a: None
+    )
+    assert len(seen_by_fit) == pipeline.GUARD_FOLDS
+    # Every guard user was left out of exactly one fit; users outside the guard trained every fit.
+    assert all(sum(u not in fit for fit in seen_by_fit) == 1 for u in range(20))
+    assert all(all(u in fit for fit in seen_by_fit) for u in range(20, 40))
+    guard["score"] = scores
+    by_score, by_item = pipeline.per_user_ndcg(guard, "score"), pipeline.per_user_ndcg(guard, "item")
+    assert len(by_score) == len(by_item) == guard.loc[guard["label"] > 1, "user"].nunique()
+    assert by_score.mean() > 0.9 > by_item.mean()  # the planted signal learned, scored out of fold
