@@ -24,7 +24,9 @@ from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from recstack import stack
 from recstack.settings import Settings, get_settings
+from recstack.stages.item_item import UserHistory
 from recstack.stages.rerank import RerankParams
 from serving import metrics
 from serving.experiments import Experiment
@@ -174,6 +176,7 @@ class FeedbackSink:
         # hundred milliseconds of them, never a feedback event, which goes through ``pool``).
         self.impressions = _pool(settings, size=2, options="-c synchronous_commit=off")
         self.store = open_store(settings)
+        self.redis = stack.redis_client(settings)
 
     def record(self, event: FeedbackEvent) -> FeedbackResult:
         from recstack.features.realtime import Feedback, push_state, store_event
@@ -195,9 +198,25 @@ class FeedbackSink:
                 run_with_timeout(lambda: push_state(self.store, state), self.settings.connect_timeout_s)
             except Exception:
                 metrics.FALLBACKS.labels("feedback_push_failed").inc()
+        if result.created and result.history is not None:
+            self.merge_history(event.user_id, result.history)
         status: Literal["created", "duplicate"] = "created" if result.created else "duplicate"
         metrics.FEEDBACK.labels(status).inc()
         return FeedbackResult(event_id=event.event_id, status=status)
+
+    def merge_history(self, user_id: str, event: UserHistory) -> None:
+        """The stored event into the user's retrieval history; if Redis fails, its key is dropped (best effort) so
+        the next read aggregates Postgres, which has the event, instead of serving the item as unseen."""
+        from recstack.tables import history
+
+        try:
+            run_with_timeout(lambda: history.merge(self.redis, user_id, event), self.settings.connect_timeout_s)
+        except Exception:
+            metrics.FALLBACKS.labels("feedback_history_failed").inc()
+            try:
+                self.redis.delete(history.key(user_id))
+            except Exception as err:
+                log.warning("history of %s may be stale until its next event or materialize (%s)", user_id, err)
 
     def log_impressions(self, rows: list[tuple[Any, ...]]) -> None:
         """(request_id, user_id, experiment, variant, model_version, item_ids, degraded) rows in one transaction."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from recstack import stack
 from recstack.settings import Settings
+from recstack.stages.item_item import UserHistory
 from recstack.stages.rank import RankContext, contributions, model_columns, score
 from recstack.stages.rerank import Candidates, RerankParams, head_floor, rerank
 from recstack.stages.retrieve import (
@@ -38,7 +39,7 @@ from recstack.stages.retrieve import (
     retrieve,
     source_order,
 )
-from recstack.tables import registry
+from recstack.tables import history, registry
 from serving import metrics
 from serving.experiments import Experiment, assign
 from serving.schemas import (
@@ -90,6 +91,7 @@ class Retriever:
         self.params = params or RetrievalParams()
         self.pool = _pool(settings)
         self.realtime = _online_lookup(settings, {"user_realtime": ["recent_item_ids"]}, {})
+        self.redis = stack.redis_client(settings)
         self._item_item: ItemItemIndex | None = None
         self._item_item_checked = 0.0
         self._item_item_lock = threading.Lock()
@@ -141,8 +143,27 @@ class Retriever:
             log.warning("item-item neighbours not checked (%s)", err)
             item_item = self._item_item
         floor = self._head_floor
+        stored = self.stored_history(user_id)
         with self.pool.connection() as conn:
-            return retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen, item_item, floor)
+            found = stored if stored is not None else history.from_postgres(conn, user_id)
+            out = retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen, item_item, floor, found)
+        if stored is None:
+            try:  # the next request reads it from Redis
+                history.fill(self.redis, user_id, found)
+            except Exception as err:
+                log.debug("history of %s not cached (%s)", user_id, err)
+        return out
+
+    def stored_history(self, user_id: str) -> UserHistory | None:
+        """The user's history from Redis (None: not there or Redis unreachable; Postgres aggregates it then)."""
+        try:
+            found = history.read(self.redis, user_id)
+        except Exception:
+            metrics.FALLBACKS.labels("history_from_postgres").inc()
+            return None
+        if found is None:
+            metrics.FALLBACKS.labels("history_not_stored").inc()
+        return found
 
     def ready(self) -> bool:
         with self.pool.connection() as conn:

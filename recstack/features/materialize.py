@@ -17,6 +17,7 @@ import psycopg
 from recstack import stack
 from recstack.features.store import open_store
 from recstack.settings import Settings
+from recstack.tables import history
 
 # Feature view -> (table, entity column) whose rows it materializes.
 VIEW_TABLES = {
@@ -24,6 +25,7 @@ VIEW_TABLES = {
     "item_features": ("item_features", "item_id"),
     "user_realtime": ("user_realtime", "user_id"),
 }
+HISTORY_VIEW = "retrieval history"  # recstack.tables.history, rewritten with the views (not a Feast view)
 GATE_SUITES = ["users", "items", "events", "user_features", "item_features"]
 
 
@@ -67,6 +69,7 @@ def materialize(settings: Settings, full: bool = False) -> list[MaterializeResul
     store = open_store(settings)
     full = full or online_store_empty(settings)
     end = datetime.now(UTC)
+    start_all = end
     results = []
     with psycopg.connect(stack.postgres_dsn(settings), autocommit=True) as conn:
         for view_name in VIEW_TABLES:
@@ -79,6 +82,7 @@ def materialize(settings: Settings, full: bool = False) -> list[MaterializeResul
                 if earliest is None:
                     continue
                 start = earliest - timedelta(seconds=1)
+            start_all = min(start_all, start)
             started = time.perf_counter()
             store.materialize(start_date=start, end_date=end, feature_views=[view_name])
             results.append(
@@ -86,6 +90,11 @@ def materialize(settings: Settings, full: bool = False) -> list[MaterializeResul
                     view_name, start, end, _window_entities(conn, view_name, start, end), time.perf_counter() - started
                 )
             )
+        # Retrieval's per-user histories (recstack.tables.history): the users with events since the last run.
+        started = time.perf_counter()
+        with stack.redis_client(settings) as client:
+            users = history.rebuild(conn, client, full=full)
+        results.append(MaterializeResult(HISTORY_VIEW, start_all, end, users, time.perf_counter() - started))
     if results:  # serving replicas keep item features in memory per version: tell them to reload
         from recstack.features.online import bump_materialized_version
 

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import psycopg
+
+from recstack.stages.item_item import UserHistory
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -49,6 +52,7 @@ class RecordResult:
     created: bool  # False: the same event was already stored (idempotent repeat)
     state: dict[str, Any] | None  # the user's real-time row after this event (None for a repeat)
     pushed: bool = False
+    history: UserHistory | None = None  # the event as a one-item history (recstack.tables.history.merge)
 
 
 def _same(row: tuple[Any, ...], event: Feedback, when: datetime) -> bool:
@@ -115,7 +119,11 @@ def store_event(conn: psycopg.Connection, event: Feedback) -> RecordResult:
         ).fetchone()
     assert row is not None
     keys = ["user_id", "event_timestamp", "recent_item_ids", "session_events", "last_event_ts"]
-    return RecordResult(created=True, state=dict(zip(keys, row, strict=True)))
+    value = np.nan if event.value is None else event.value
+    one = UserHistory.of_events(
+        np.array([item[0]]), np.array([event.event_type], object), np.array([value]), np.array([ts])
+    )
+    return RecordResult(created=True, state=dict(zip(keys, row, strict=True)), history=one)
 
 
 def push_state(store: FeatureStore, state: dict[str, Any]) -> None:

@@ -77,3 +77,65 @@ class ItemItem:
     @classmethod
     def empty(cls, n_items: int) -> ItemItem:
         return cls(sparse.csr_matrix((n_items, n_items), dtype=np.float32))
+
+
+_PACKED = np.dtype([("item", "<i8"), ("weight", "<f4"), ("ts", "<i8")])
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """One user's history as retrieval reads it: each distinct item touched (internal ids) with its strongest history
+    weight and the latest time of an event carrying that weight (of any event, for items with weight 0). The seen set
+    is ``items``; ``query_weights`` over the three arrays is the item-item query, the same as over every event."""
+
+    items: np.ndarray  # int64
+    weight: np.ndarray  # float32
+    ts: np.ndarray  # int64 unix seconds
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def empty(cls) -> UserHistory:
+        return cls(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64))
+
+    @classmethod
+    def of_events(cls, items: np.ndarray, event_type: np.ndarray, value: np.ndarray, ts: np.ndarray) -> UserHistory:
+        return cls._reduce(np.asarray(items, np.int64), history_weights(event_type, value), np.asarray(ts, np.int64))
+
+    def merged(self, other: UserHistory) -> UserHistory:
+        """Both histories as one (an event arriving is a history of one item)."""
+        return self._reduce(
+            np.concatenate([self.items, other.items]),
+            np.concatenate([self.weight, other.weight]),
+            np.concatenate([self.ts, other.ts]),
+        )
+
+    def latest(self, n: int) -> UserHistory:
+        """The ``n`` most recently touched items."""
+        if len(self) <= n:
+            return self
+        keep = np.sort(np.argsort(-self.ts, kind="stable")[:n])
+        return UserHistory(self.items[keep], self.weight[keep], self.ts[keep])
+
+    def pack(self) -> bytes:
+        packed = np.empty(len(self), _PACKED)
+        packed["item"], packed["weight"], packed["ts"] = self.items, self.weight, self.ts
+        return packed.tobytes()
+
+    @classmethod
+    def unpack(cls, data: bytes) -> UserHistory:
+        packed = np.frombuffer(data, _PACKED)
+        return cls(packed["item"].astype(np.int64), packed["weight"].astype(np.float32), packed["ts"].astype(np.int64))
+
+    @staticmethod
+    def _reduce(items: np.ndarray, weight: np.ndarray, ts: np.ndarray) -> UserHistory:
+        unique, inverse = np.unique(items, return_inverse=True)
+        best = np.zeros(len(unique), np.float32)
+        np.maximum.at(best, inverse, weight.astype(np.float32))
+        floor = np.iinfo(np.int64).min
+        latest_any = np.full(len(unique), floor, np.int64)
+        np.maximum.at(latest_any, inverse, ts)
+        latest_best = np.full(len(unique), floor, np.int64)  # among the events with a weight > 0
+        np.maximum.at(latest_best, inverse, np.where(weight > 0, ts, floor))
+        return UserHistory(unique.astype(np.int64), best, np.where(best > 0, latest_best, latest_any))

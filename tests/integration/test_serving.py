@@ -205,6 +205,51 @@ def test_a_disliked_item_is_never_recommended_again(api: str) -> None:
         assert top not in {i["item_id"] for i in recommend(api, user, k=50)["items"]}
 
 
+def test_a_users_history_is_read_from_redis_kept_by_feedback_and_rebuilt_from_postgres(
+    api: str, trained_stack: Settings
+) -> None:
+    """No request aggregates the events table while Redis holds the user's history: materialize wrote it, feedback
+    merges into it, and without it a request aggregates Postgres (nothing seen comes back) and stores it again."""
+    import numpy as np
+
+    from recstack.tables import history
+
+    user = "u0000021"
+    client = stack.redis_client(trained_stack)
+    with psycopg.connect(stack.postgres_dsn(trained_stack), autocommit=True) as conn:
+        stored = history.read(client, user)
+        assert stored is not None and len(stored) > 0  # written by `materialize` (load_featured)
+        np.testing.assert_array_equal(stored.items, history.from_postgres(conn, user).items)
+        top = recommend(api, user)["items"][0]["item_id"]
+        assert feedback(api, "probe-history-1", user, top, "like").status_code == 200
+        (pk,) = conn.execute("SELECT item_id FROM items WHERE external_id = %s", (top,)).fetchone()  # type: ignore[misc]
+        merged = history.read(client, user)
+        assert merged is not None and pk in merged.items and len(merged) == len(stored) + 1
+        assert top not in {i["item_id"] for i in recommend(api, user, k=50)["items"]}
+        client.delete(history.key(user))  # e.g. evicted, or Redis restarted empty
+        assert top not in {i["item_id"] for i in recommend(api, user, k=50)["items"]}
+        refilled = history.read(client, user)
+        assert refilled is not None and pk in refilled.items
+
+
+def test_materialize_rewrites_the_histories_of_users_with_new_events_only(trained_stack: Settings) -> None:
+    from recstack.tables import history
+
+    client = stack.redis_client(trained_stack)
+    with psycopg.connect(stack.postgres_dsn(trained_stack), autocommit=True) as conn:
+        history.rebuild(conn, client)  # whatever earlier tests sent
+        pk, item = conn.execute("SELECT item_id, external_id FROM items ORDER BY item_id DESC LIMIT 1").fetchone()  # type: ignore[misc]
+        conn.execute(  # as a batch ingest writes it: Postgres only
+            "INSERT INTO events (event_id, user_id, item_id, event_type, value, occurred_at) "
+            "SELECT 'probe-batch-1', user_id, %s, 'purchase', NULL, now() FROM users WHERE external_id = 'u0000031'",
+            (pk,),
+        )
+        assert history.rebuild(conn, client) == 1
+        stored = history.read(client, "u0000031")
+        assert stored is not None and pk in stored.items, item
+        assert history.rebuild(conn, client) == 0
+
+
 def test_a_new_item_without_interactions_is_reachable_by_content(api: str, trained_stack: Settings) -> None:
     from training.vectors import update_content_vectors
 

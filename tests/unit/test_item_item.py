@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recstack.stages.item_item import RECENCY_FLOOR, history_weights, query_weights
+from recstack.stages.item_item import RECENCY_FLOOR, UserHistory, history_weights, query_weights
 from recstack.stages.retrieve import ItemItemIndex, UserState
 from training.interactions import Interactions
 from training.item_item import fit_ease, history_matrix, query_matrix
@@ -63,18 +63,42 @@ def test_serving_scores_equal_the_offline_scores() -> None:
         user_vector=None,
         recent_cf=np.empty((0, 64), np.float32),
         recent_content=np.empty((0, 384), np.float32),
-        seen=[],
-        history_item_ids=item_ids[events.item[mine]],
-        history_types=events.event_type[mine],
-        history_values=events.value[mine].astype(np.float64),
-        history_ts=events.ts[mine],
+        history=UserHistory.of_events(
+            item_ids[events.item[mine]], events.event_type[mine], events.value[mine].astype(np.float64), events.ts[mine]
+        ),
     )
     row = query_matrix(events, 200, 21)[3]
     online = index.scores(state)
     assert online is not None
     np.testing.assert_allclose(online, ii.scores(row.indices, row.data), rtol=1e-6)
-    top = index.top(online, state.history_item_ids, 5)
-    assert not set(top.tolist()) & set(state.history_item_ids.tolist())  # seen items never come back
+    top = index.top(online, state.history.items, 5)
+    assert not set(top.tolist()) & set(state.history.items.tolist())  # seen items never come back
+
+
+def test_a_history_built_event_by_event_is_the_history_of_all_events() -> None:
+    """Feedback merges one event at a time into the stored history; the item-item query and the seen set must be
+    what the whole event list gives (Postgres's aggregation, the fallback)."""
+    rng = np.random.default_rng(5)
+    n = 400
+    items, ts = rng.integers(0, 60, n), rng.integers(0, 10**6, n)
+    types = rng.choice(np.array(["rating", "view", "dislike", "like", "skip"], object), n)
+    values = np.where(types == "rating", rng.uniform(0.5, 5, n), np.nan)
+    whole = UserHistory.of_events(items, types, values, ts)
+    stepwise = UserHistory.empty()
+    for i in range(n):
+        one = UserHistory.of_events(items[i : i + 1], types[i : i + 1], values[i : i + 1], ts[i : i + 1])
+        stepwise = UserHistory.unpack(stepwise.merged(one).pack())  # through the stored bytes each time
+    assert set(whole.items.tolist()) == set(np.unique(items).tolist())  # dislikes and skips are seen too
+    expected = query_weights(items, history_weights(types, values), ts)
+    for a, b in zip(expected, query_weights(*_arrays(stepwise)), strict=True):
+        np.testing.assert_allclose(a, b)
+    np.testing.assert_array_equal(whole.items, stepwise.items)
+    latest = whole.latest(10)
+    assert len(latest) == 10 and latest.ts.min() >= np.sort(whole.ts)[-10]
+
+
+def _arrays(h: UserHistory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return h.items, h.weight, h.ts
 
 
 def test_a_served_source_order_places_new_items_by_content() -> None:
