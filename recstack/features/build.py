@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import psycopg
 
-from recstack.ingest.loader import ProgressFn
+if TYPE_CHECKING:  # a type only: the loader imports pandas, which `recstack --help` need not pay for
+    from recstack.ingest.loader import ProgressFn
 
 TABLES = ("user_features", "item_features")
 CHUNK_DAYS = 14  # days per statement: bounds memory of the window sorts and drives the progress bar

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from recstack import db, stack
 from recstack.console import StageProgress, console, progress_bars
-from recstack.ingest.loader import LoadReport, load_batch
-from recstack.ingest.movielens import DEFAULT_ID_PREFIX
-from recstack.ingest.records import Batch
+from recstack.ingest import DEFAULT_ID_PREFIX
 from recstack.settings import get_settings
+
+if TYPE_CHECKING:  # the loader and records import pandas: `recstack --help` should not pay for it
+    from recstack.ingest.loader import LoadReport
+    from recstack.ingest.records import Batch
 
 ingest_app = typer.Typer(help="Load users, items and events into Postgres (idempotent, atomic).", no_args_is_help=True)
 
 
 def run_load(batch: Batch, source: str, notes: list[str] | None = None) -> LoadReport:
     """Load ``batch`` into the configured Postgres with progress bars, then print the summary table and ``notes``."""
+    from recstack.ingest.loader import load_batch
+
     settings = get_settings()
     with db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s) as conn, progress_bars() as progress:
         report = load_batch(conn, batch, source, StageProgress(progress))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recstack.ingest import DEFAULT_ID_PREFIX
 from recstack.ingest.records import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
@@ -68,7 +69,6 @@ LAYOUTS = [
     Layout("ml-1m", "ratings.dat", "movies.dat", "users.dat", "::", "::", "latin-1", False),
     Layout("ml-latest", "ratings.csv", "movies.csv", None, ",", ",", "utf-8", True),
 ]
-DEFAULT_ID_PREFIX = "ml-"
 _PREFIX = re.compile(r"^[\x21-\x7e]{0,32}$")  # printable ASCII, no spaces: ids stay easy to type in a request
 
 
