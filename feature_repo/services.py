@@ -2,7 +2,7 @@
 
 from feast import FeatureService
 from on_demand import context_features, user_item_features
-from views import item_features, user_features, user_realtime
+from views import item_features, user_features
 
 # Features of the CatBoost ranker, version 1. A new model that needs other features gets ranking_v2;
 # a served model keeps reading the service it was trained with.
@@ -46,5 +46,5 @@ ranking_v1 = FeatureService(
     description="Ranker features: user activity, item popularity, context, user x item affinity.",
 )
 
-# Real-time session state used by retrieval (recent items) and the feedback loop.
-realtime_v1 = FeatureService(name="realtime_v1", features=[user_realtime])
+# The real-time view (user_realtime) has no service: retrieval reads its recent items directly
+# (recstack.features.online), and nothing else reads it.
