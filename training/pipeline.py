@@ -39,7 +39,7 @@ from training.batch import ensure_ray
 from training.embeddings import EmbeddingModel, train_embeddings
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions
 from training.metrics import paired_bootstrap_ratio
-from training.ranker import RankerData, sort_by_group, train_ranker
+from training.ranker import RankerData, fit_config, sort_by_group
 
 ProgressFn = Callable[[str, int, int], None]
 TRAIN_SUITES = ["users", "items", "events", "user_features", "item_features"]
@@ -231,17 +231,7 @@ def cross_fitted_scores(
         rows = guard_fold == fold
         if rows.any():
             data = to_ranker_data(frame[frame_fold != fold], features, categorical)
-            model, _ = train_ranker(
-                data,
-                None,
-                loss=config["loss"],
-                depth=int(config["depth"]),
-                learning_rate=config["learning_rate"],
-                l2_leaf_reg=config["l2_leaf_reg"],
-                iterations=rounds,
-                seed=seed,
-                threads=2,
-            )
+            model, _ = fit_config(data, None, config, seed=seed, threads=2, iterations=rounds)
             out[rows] = model.predict(served[rows])
         progress("guard", fold + 1, GUARD_FOLDS)
     return out
@@ -326,17 +316,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     timed("tune_s", started)
     started = time.perf_counter()
     best = result.best_config
-    model, metrics = train_ranker(
-        fit_data,
-        early_data,
-        loss=best["loss"],
-        depth=int(best["depth"]),
-        learning_rate=best["learning_rate"],
-        l2_leaf_reg=best["l2_leaf_reg"],
-        iterations=int(best["iterations"]),
-        seed=config.seed,
-        threads=2,
-    )
+    model, metrics = fit_config(fit_data, early_data, best, seed=config.seed, threads=2)
     timed("ranker_final_fit_s", started)
     # The ranker must beat its best single source, or that source's order serves. Judged on whole candidate lists, as
     # serving ranks them (the ranker set holds a sample of each user's unlabelled candidates, an easier problem), by

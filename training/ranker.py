@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,3 +69,26 @@ def train_ranker(
         best_iteration = len(history) - 1
     ndcg = float(history[best_iteration]) if history else float("nan")
     return model, {"valid_ndcg@10": ndcg, "best_iteration": float(best_iteration)}
+
+
+def fit_config(
+    train: RankerData,
+    valid: RankerData | None,
+    config: dict[str, Any],
+    seed: int,
+    threads: int,
+    iterations: int | None = None,
+) -> tuple[CatBoostRanker, dict[str, float]]:
+    """``train_ranker`` with a Tune configuration (loss, depth, learning_rate, l2_leaf_reg, iterations); ``iterations``
+    overrides the configuration's rounds."""
+    return train_ranker(
+        train,
+        valid,
+        loss=config["loss"],
+        depth=int(config["depth"]),
+        learning_rate=config["learning_rate"],
+        l2_leaf_reg=config["l2_leaf_reg"],
+        iterations=int(config["iterations"]) if iterations is None else iterations,
+        seed=seed,
+        threads=threads,
+    )

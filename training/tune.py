@@ -25,7 +25,7 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
 from training.batch import ensure_ray
-from training.ranker import LOSSES, RankerData, train_ranker
+from training.ranker import LOSSES, RankerData, fit_config
 
 log = logging.getLogger("recstack.training")
 
@@ -50,17 +50,7 @@ def search_space(smoke: bool) -> dict[str, Any]:
 
 def _trial(config: dict[str, Any], train: RankerData, valid: RankerData, seed: int) -> dict[str, float]:
     """One trial: a fit with early stopping on the validation groups; its best validation NDCG@10 and rounds."""
-    _, metrics = train_ranker(
-        train,
-        valid,
-        loss=config["loss"],
-        depth=int(config["depth"]),
-        learning_rate=config["learning_rate"],
-        l2_leaf_reg=config["l2_leaf_reg"],
-        iterations=int(config["iterations"]),
-        seed=seed,
-        threads=1,
-    )
+    _, metrics = fit_config(train, valid, config, seed=seed, threads=1)
     return {"valid_ndcg10": metrics["valid_ndcg@10"], "rounds": metrics["best_iteration"] + 1}
 
 
@@ -87,8 +77,7 @@ def run_search(
             metric="valid_ndcg10",
             mode="max",
             num_samples=trials,
-            search_alg=BasicVariantGenerator(random_state=seed),
-            max_concurrent_trials=2,
+            search_alg=BasicVariantGenerator(random_state=seed),  # trials run as CPUs allow (1 CPU each)
         ),
         run_config=tune.RunConfig(
             storage_path=str(storage or Path(tempfile.mkdtemp(prefix="recstack-tune-"))),

@@ -171,13 +171,13 @@ def test_the_guard_scores_each_user_with_a_ranker_that_never_saw_them(monkeypatc
             rows.append({"user": user, "item": item, "signal": signal, "label": 4 if signal > 0.9 else 1})
     frame = pd.DataFrame(rows)
     seen_by_fit: list[set[int]] = []
-    real_fit = pipeline.train_ranker
+    real_fit = pipeline.fit_config
 
-    def recording_fit(data: Any, valid: Any, **kwargs: Any) -> Any:
+    def recording_fit(data: Any, valid: Any, config: Any, **kwargs: Any) -> Any:
         seen_by_fit.append(set(data.group.tolist()))
-        return real_fit(data, valid, **kwargs)
+        return real_fit(data, valid, config, **kwargs)
 
-    monkeypatch.setattr(pipeline, "train_ranker", recording_fit)
+    monkeypatch.setattr(pipeline, "fit_config", recording_fit)
     config = {"loss": "YetiRank", "depth": 3, "learning_rate": 0.1, "l2_leaf_reg": 3.0}
     guard = frame[frame["user"] < 20].reset_index(drop=True)
     scores = pipeline.cross_fitted_scores(
