@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recstack import stack
+from recstack import ray_runtime, stack
 from recstack.settings import Settings, get_settings
 from recstack.stages.item_item import UserHistory
 from recstack.stages.rerank import RerankParams
@@ -425,10 +425,16 @@ AUTOSCALING: dict[str, Any] = {"min_replicas": 1, "max_replicas": 4, "target_ong
 FUSED_AUTOSCALING: dict[str, Any] = {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8}
 
 
+def replica_setup() -> None:
+    """First thing in every deployment's constructor: math libraries on one thread, loopback-only on a laptop."""
+    limit_math_threads()
+    ray_runtime.bind_replica_servers_to_loopback()
+
+
 @serve.deployment(name="Retriever", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class RetrieverDeployment:
     def __init__(self) -> None:
-        limit_math_threads()
+        replica_setup()
         self.stage = Retriever(get_settings())
 
     def retrieve(self, *args: Any) -> Any:
@@ -447,7 +453,7 @@ class RetrieverDeployment:
 @serve.deployment(name="FeatureLookup", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class LookupDeployment:
     def __init__(self) -> None:
-        limit_math_threads()
+        replica_setup()
         self.stage = FeatureLookup(get_settings())
 
     def lookup(self, *args: Any) -> Any:
@@ -460,7 +466,7 @@ class LookupDeployment:
 @serve.deployment(name="Ranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class RankerDeployment:
     def __init__(self) -> None:
-        limit_math_threads()
+        replica_setup()
         self.stage = Ranker(get_settings())
 
     def rank(self, *args: Any) -> Any:
@@ -476,7 +482,7 @@ class RankerDeployment:
 @serve.deployment(name="Reranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
 class RerankerDeployment:
     def __init__(self) -> None:
-        limit_math_threads()
+        replica_setup()
         self.stage = Reranker()
 
     def rerank(self, *args: Any) -> Any:
@@ -512,6 +518,7 @@ class Ingress:
     """HTTP ingress. With stage handles (graph mode) it calls them; without, it runs the stages in-process."""
 
     def __init__(self, config: dict[str, Any], *handles: Any) -> None:
+        replica_setup()
         settings = get_settings()
         app_config = AppConfig.model_validate(config)
         if handles:

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from recstack import stack
+from recstack import ray_runtime, stack
 from recstack.console import console
 from recstack.settings import Settings, get_settings
 
@@ -58,8 +58,10 @@ def start_local_ray(settings: Settings) -> str:
         str(ray_temp_dir(settings)),
         "--num-cpus",
         str(os.cpu_count() or 2),
+        "--node-ip-address",
+        ray_runtime.LOOPBACK,
         "--dashboard-host",
-        "127.0.0.1",
+        ray_runtime.LOOPBACK,
         "--include-dashboard",
         "false",
         "--disable-usage-stats",
@@ -68,6 +70,7 @@ def start_local_ray(settings: Settings) -> str:
     # Ray must not inherit it, or its workers outlive the folder and fail when Feast or our metrics write to it.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_MULTIPROC", "PROMETHEUS_MULTIPROCESS"))}
     env.update(ray_serve_env(settings))
+    env.update(ray_runtime.keep_on_loopback())  # every Ray process of this stack binds 127.0.0.1 only
     env["RAY_AUTH_MODE"] = auth_mode
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     if result.returncode != 0:
@@ -114,7 +117,8 @@ def connect_local_ray(settings: Settings, runtime_env: dict[str, Any]) -> None:
     info = stack.extra_state(settings).get("ray")
     os.environ["RAY_AUTH_MODE"] = str(info.get("auth_mode", "disabled") if isinstance(info, dict) else "disabled")
     Config.initialize("")  # Ray caches its config (the auth mode) per process: re-read it, as Ray itself does
-    ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    ray_runtime.keep_on_loopback()  # this driver is a loopback node of that Ray too
+    ray.init(address=address, _node_ip_address=ray_runtime.LOOPBACK, runtime_env=runtime_env, log_to_driver=False)
 
 
 def ray_serve_env(settings: Settings) -> dict[str, str]:
@@ -197,15 +201,14 @@ def serve(
     stack.check_postgres(settings)
     stack.check_redis(settings)
     host, port = host or settings.serve_host, port or settings.serve_port
-    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("RECSTACK_")}}
+    env = ray_runtime.runtime_env()
     if ray.is_initialized():  # e.g. `recstack demo` ran training in this process: serve from a fresh connection
         ray.shutdown()
     os.environ.update(ray_serve_env(settings))  # the local Ray started below inherits it
     if detach:
         connect_local_ray(settings, env)
-    else:  # this process's own Ray, or the cluster RAY_ADDRESS names (never whichever `ray start` ran last)
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    else:  # this process's own Ray on loopback, or the cluster RAY_ADDRESS names
+        ray_runtime.init(include_dashboard=False, runtime_env=env, log_to_driver=False)
     ray_serve.start(http_options={"host": host, "port": port})
     app = build_app({"mode": mode or settings.serve_mode})
     url = f"http://{host}:{port}"

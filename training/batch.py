@@ -7,9 +7,10 @@ as chunks finish. ``fn`` must be a module-level function (Ray pickles it by refe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+from recstack import ray_runtime
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -23,12 +24,7 @@ def ensure_ray() -> bool:
         return False
     if not ray.is_initialized():
         try:
-            ray.init(
-                address=os.environ.get("RAY_ADDRESS") or "local",  # never whichever `ray start` ran last
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            ray_runtime.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         except Exception:
             return False
     return True
