@@ -56,4 +56,4 @@ def test_image_and_cluster_use_the_installed_ray_version() -> None:
     service = yaml.safe_load((ROOT / "infra" / "k8s" / "rayservice.yaml").read_text())
     assert service["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
-    assert head["dashboard-host"] == "127.0.0.1"
+    assert "dashboard-host" in head  # its value: tests/unit/test_manifests.py
