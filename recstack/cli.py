@@ -59,7 +59,13 @@ USER_ERRORS = (
 @app.command()
 def up() -> None:
     """Start the embedded Postgres (pgvector) and Redis, or check the external ones; apply migrations."""
-    infos = stack.up(get_settings())
+    from recstack.features.store import move_file_registry
+
+    settings = get_settings()
+    infos = stack.up(settings)
+    moved = move_file_registry(settings)
+    if moved is not None:
+        console.print(f"feast registry: {moved} definitions moved from {settings.feast_registry_file} into Postgres")
     _print_status(infos)
 
 

@@ -46,15 +46,26 @@ def keep_on_loopback() -> dict[str, str]:
     return dict(SINGLE_MACHINE_ENV)
 
 
-def init(**kwargs: Any) -> None:
-    """``ray.init`` for batch work and ``recstack serve``: the cluster RAY_ADDRESS names (with the settings in the
-    runtime environment), else a new runtime of this process on loopback (never whichever `ray start` ran last)."""
+def allow_cluster() -> None:
+    """Undo :func:`keep_on_loopback` in this process before it joins a cluster (nodes with routable addresses)."""
+    os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = not constants.IS_WINDOWS_OR_OSX  # type: ignore[attr-defined]
+
+
+def init(address: str | None = None, **kwargs: Any) -> None:
+    """``ray.init`` for batch work and ``recstack serve``: the cluster ``address`` (default RAY_ADDRESS) names, with
+    the settings in the runtime environment, else a new runtime of this process on loopback (never whichever
+    `ray start` ran last)."""
     import ray
 
-    address = cluster_address()
+    address = address or cluster_address()
     if address is None:
         keep_on_loopback()
         kwargs.setdefault("_node_ip_address", LOOPBACK)
+    else:
+        allow_cluster()
     kwargs.setdefault("runtime_env", runtime_env())
     ray.init(address=address or "local", **kwargs)
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         description="Start Ray Serve with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (user code on the replica's own event loop, "
         "gRPC from proxy to replicas, buffered request logs): fewer thread and loop hops per request.",
     )
+    artifact_uri: str | None = Field(
+        default=None,
+        description="Where model artifacts go (an fsspec URL: s3://bucket/models, gs://..., file:///shared/models). "
+        "Unset: inside the model registry in Postgres, which every node reads.",
+    )
     api_key: str | None = Field(default=None, description="When set, every endpoint but health needs X-API-Key.")
     stage_deadline_ms: float = Field(default=150, gt=0, le=10_000, description="Per-stage deadline when serving.")
     feature_repo: Path = Field(
@@ -76,11 +81,8 @@ class Settings(BaseSettings):
         return self.home / "redis"
 
     @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
-
-    @property
-    def feast_registry(self) -> Path:
+    def feast_registry_file(self) -> Path:
+        """Where Feast's registry was a local file before it moved into Postgres (`recstack up` moves it once)."""
         return self.home / "feast" / "registry.db"
 
     @property

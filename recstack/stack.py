@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import util as importlib_util
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
@@ -450,5 +451,22 @@ def client_env(settings: Settings) -> dict[str, str]:
         "FEAST_PG_PASSWORD": str(pg.get("password") or ""),
         "FEAST_PG_SSLMODE": str(pg.get("sslmode") or "disable"),
         "FEAST_REDIS": redis_conn,
-        "FEAST_REGISTRY_PATH": str(settings.feast_registry),
+        "FEAST_REGISTRY_URL": feast_registry_url(pg),
     }
+
+
+def feast_registry_url(pg: dict[str, Any]) -> str:
+    """The SQLAlchemy URL of Feast's registry: the same database, schema ``feast`` (migration 0011)."""
+    from urllib.parse import quote, urlencode
+
+    user = quote(str(pg.get("user") or "postgres"), safe="")
+    password = f":{quote(str(pg['password']), safe='')}" if pg.get("password") else ""
+    host = str(pg.get("host") or "localhost")
+    query: dict[str, str] = {"options": "-csearch_path=feast"}
+    if host.startswith("/"):  # a Unix socket directory goes in the query
+        query["host"], netloc = host, f"{user}{password}@"
+    else:
+        netloc = f"{user}{password}@{host}:{pg.get('port') or 5432}"
+    if pg.get("sslmode"):
+        query["sslmode"] = str(pg["sslmode"])
+    return f"postgresql+psycopg://{netloc}/{quote(str(pg.get('dbname') or PG_DATABASE))}?{urlencode(query)}"

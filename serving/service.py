@@ -253,7 +253,7 @@ class Ranker:
             if version not in self._models:
                 with self.pool.connection() as conn:
                     record = registry.get(conn, version)
-                loaded = registry.load_verified(record)
+                    loaded = registry.load_verified(conn, record)
                 self._models[version] = (
                     loaded,
                     record.features,

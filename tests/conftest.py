@@ -71,7 +71,8 @@ def load_featured(settings: Settings, batch: object, source: str = "synthetic") 
         )
         load_batch(conn, batch, source)  # type: ignore[arg-type]
         build_features(conn)
-    settings.feast_registry.unlink(missing_ok=True)
+        conn.execute("DROP SCHEMA feast CASCADE")  # Feast's registry: applied afresh below
+        conn.execute("CREATE SCHEMA feast")
     with stack.redis_client(settings) as client:
         client.flushdb()
     feast_store.apply(settings)

@@ -116,7 +116,8 @@ def ranked_candidates(
     if order_by:  # the ranker did not beat this source on held-out groups: serving orders by it
         frame["score"] = dataset.as_served(frame, frame[order_by].to_numpy(np.float64))
         return frame
-    model = registry.load_verified(record)
+    with psycopg.connect(stack.postgres_dsn(settings)) as conn:
+        model = registry.load_verified(conn, record)
     categorical = record.params.get("categorical", [])
     frame["score"] = dataset.as_served(frame, model.predict(model_input(frame, record.features, categorical)))
     return frame

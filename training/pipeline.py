@@ -376,7 +376,6 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     with psycopg.connect(dsn) as conn:
         record = registry.register(
             conn,
-            settings.models_dir,
             model,
             features,
             params={
@@ -393,6 +392,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
                 "guard_users": len(per_user["ranker"]),
             },
             data_window=window,
+            artifact_uri=settings.artifact_uri,
         )
         started = time.perf_counter()
         write_cf_vectors(conn, catalog, e2, record.version)

@@ -1,7 +1,9 @@
-"""Model registry: CatBoost .cbm files under RECSTACK_HOME/models, metadata and promotions in Postgres.
+"""Model registry: rankers, their metadata and promotions in Postgres.
 
-Files are CatBoost's own format (never pickle); the sha256 is recorded at registration and verified on every load,
-so a swapped or truncated file is refused.
+Artifacts are CatBoost's own format (never pickle), kept where every node reads them: inside the registry row by
+default, or at an object-store URI (``RECSTACK_ARTIFACT_URI``: any fsspec URL, s3://, gs://, file://) when set. The
+sha256 is recorded at registration and verified on every load, so a swapped or truncated artifact is refused.
+Models registered before artifacts moved into Postgres keep their local file path.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +27,13 @@ class RegistryError(RuntimeError):
     """A registry operation a user asked for cannot be done; the message says why and what to do."""
 
 
+IN_REGISTRY = "postgres:models.artifact"  # `path` of a model whose bytes are in its own row
+
+
 @dataclass
 class ModelRecord:
     version: str
-    path: str
+    path: str  # IN_REGISTRY, an fsspec URI, or (older models) a local file
     sha256: str
     features: list[str]
     params: dict[str, Any]
@@ -36,14 +42,6 @@ class ModelRecord:
     code_revision: str | None
     created_at: datetime
     promoted: bool = False
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def code_revision() -> str | None:
@@ -57,31 +55,69 @@ def code_revision() -> str | None:
     return out.stdout.strip() or None
 
 
+def model_bytes(model: CatBoostRanker) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.cbm"
+        model.save_model(str(path), format="cbm")
+        return path.read_bytes()
+
+
+def _write_uri(base: str, version: str, data: bytes) -> str:
+    """Write ``data`` to ``<base>/<version>.cbm`` (under a temp name, then moved: readers never see half a file)."""
+    import fsspec
+
+    uri = f"{base.rstrip('/')}/{version}.cbm"
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    with fs.open(f"{path}.tmp", "wb") as handle:
+        handle.write(data)
+    fs.mv(f"{path}.tmp", path)
+    return uri
+
+
+def _read_artifact(conn: psycopg.Connection, record: ModelRecord) -> bytes:
+    if record.path == IN_REGISTRY:
+        row = conn.execute("SELECT artifact FROM models WHERE version = %s", (record.version,)).fetchone()
+        if row is None or row[0] is None:
+            raise RegistryError(f"model {record.version} has no artifact in the registry")
+        return bytes(row[0])
+    if "://" in record.path:
+        import fsspec
+
+        try:
+            with fsspec.open(record.path, "rb") as handle:
+                return bytes(handle.read())
+        except (OSError, FileNotFoundError) as err:
+            raise RegistryError(f"model {record.version}: cannot read {record.path} ({err})") from err
+    path = Path(record.path)
+    if not path.exists():
+        raise RegistryError(f"model file {path} of version {record.version} is missing")
+    return path.read_bytes()
+
+
 def register(
     conn: psycopg.Connection,
-    models_dir: Path,
     model: CatBoostRanker,
     features: list[str],
     params: dict[str, Any],
     metrics: dict[str, Any],
     data_window: dict[str, Any],
+    artifact_uri: str | None = None,
 ) -> ModelRecord:
-    """Save ``model`` as ``<version>.cbm`` (written to a temp name, then renamed) and record it."""
+    """Record ``model`` under a new version, its bytes in the row or, with ``artifact_uri``, at that store."""
     version = datetime.now(UTC).strftime("r%Y%m%d-%H%M%S-%f")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    path = models_dir / f"{version}.cbm"
-    tmp = path.with_suffix(".cbm.tmp")
-    model.save_model(str(tmp), format="cbm")
-    tmp.replace(path)
-    digest = sha256_file(path)
+    data = model_bytes(model)
+    digest = hashlib.sha256(data).hexdigest()
+    path = _write_uri(artifact_uri, version, data) if artifact_uri else IN_REGISTRY
     revision = code_revision()
     with conn.transaction():
         conn.execute(
-            "INSERT INTO models (version, path, sha256, features, params, metrics, data_window, code_revision) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO models (version, path, artifact, sha256, features, params, metrics, data_window, "
+            "code_revision) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 version,
-                str(path),
+                path,
+                None if artifact_uri else data,
                 digest,
                 json.dumps(features),
                 json.dumps(params),
@@ -145,19 +181,17 @@ def rollback(conn: psycopg.Connection) -> ModelRecord:
     return promote(conn, previous)
 
 
-def load_verified(record: ModelRecord) -> CatBoostRanker:
-    """Load a registered model after checking its file's sha256 against the registry."""
-    path = Path(record.path)
-    if not path.exists():
-        raise RegistryError(f"model file {path} of version {record.version} is missing")
-    actual = sha256_file(path)
+def load_verified(conn: psycopg.Connection, record: ModelRecord) -> CatBoostRanker:
+    """Load a registered model, wherever its artifact is, after checking its sha256 against the registry."""
+    data = _read_artifact(conn, record)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != record.sha256:
         raise RegistryError(
             f"model {record.version}: checksum mismatch ({actual[:12]} != {record.sha256[:12]}); "
-            "the file changed after registration: retrain or restore it"
+            "the artifact changed after registration: retrain or restore it"
         )
     from catboost import CatBoostRanker
 
     model = CatBoostRanker()
-    model.load_model(str(path), format="cbm")
+    model.load_model(blob=data)
     return model

@@ -341,3 +341,42 @@ def test_registering_a_new_feature_end_to_end(featured: Settings, tmp_path: Path
         features=["item_title_stats:title_length"], entity_rows=[{"item_id": "i0000004"}]
     ).to_dict()
     assert expected is not None and online["title_length"] == [expected[0]]
+
+
+def test_a_file_registry_is_moved_into_postgres_once_by_up(featured: Settings) -> None:
+    """Feast's registry used to be a file under RECSTACK_HOME: `recstack up` copies its definitions (materialization
+    intervals included) into the SQL registry every node reads, once, and renames the file."""
+    from feast.infra.registry.registry import Registry
+    from feast.repo_config import RegistryConfig
+
+    store = feast_store.open_store(featured)
+    project, current = store.project, store.registry
+    path = featured.feast_registry_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = Registry(project, RegistryConfig(registry_type="file", path=str(path)), repo_path=None)
+    for entity in current.list_entities(project, allow_cache=False):
+        old.apply_entity(entity, project, commit=False)
+    for data_source in current.list_data_sources(project, allow_cache=False):
+        old.apply_data_source(data_source, project, commit=False)
+    for view in current.list_feature_views(project, allow_cache=False):
+        old.apply_feature_view(view, project, commit=False)
+    for service in current.list_feature_services(project, allow_cache=False):
+        old.apply_feature_service(service, project, commit=False)
+    old.commit()
+    intervals = {v.name: v.materialization_intervals for v in current.list_feature_views(project, allow_cache=False)}
+    assert any(intervals.values())
+    with psycopg.connect(stack.postgres_dsn(featured), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA feast CASCADE")  # a stack from before: nothing in Postgres yet
+        conn.execute("CREATE SCHEMA feast")
+
+    first = cli("up")
+    assert first.returncode == 0, first.stderr
+    assert "definitions moved" in first.stdout
+    assert not path.exists() and path.with_name("registry.db.moved").is_file()
+    moved = feast_store.open_store(featured)
+    assert moved.get_feature_service("ranking_v1").name == "ranking_v1"
+    assert {
+        v.name: v.materialization_intervals for v in moved.registry.list_feature_views(project, allow_cache=False)
+    } == intervals
+    again = cli("up")
+    assert again.returncode == 0 and "definitions moved" not in again.stdout

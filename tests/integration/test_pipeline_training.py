@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -29,8 +30,7 @@ def test_train_registers_promotes_and_stores_vectors(trained_stack: Settings) ->
         catalog = conn.execute("SELECT count(*) FROM items").fetchone()
         n_users = conn.execute("SELECT count(*) FROM user_vectors WHERE model_version = %s", (version,)).fetchone()
         index = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'item_vectors'").fetchall()
-    assert record.sha256 == registry.sha256_file(__import__("pathlib").Path(record.path))
-    assert record.path.endswith(".cbm") and record.features and record.data_window["protocol"] == "random"
+    assert record.path == registry.IN_REGISTRY and record.features and record.data_window["protocol"] == "random"
     assert record.data_window["served_vectors_saw"] == "every event"
     # Retrieval scores as places in their own list (the served ones come from models refit on every event).
     assert {"cf_score_in_list", "ii_score_in_list", "from_ii"} <= set(record.features)
@@ -39,10 +39,45 @@ def test_train_registers_promotes_and_stores_vectors(trained_stack: Settings) ->
     assert catalog == (n_items,) and with_content == n_items and 0 < with_cf <= 300
     assert n_users is not None and n_users[0] == 600
     assert any("hnsw" in row[0] and "vector_ip_ops" in row[0] for row in index)
-    registry.load_verified(record)  # checksum verified on load
     with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        registry.load_verified(conn, record)  # checksum verified on load
         stored = conn.execute("SELECT count(*), min(model_version), max(model_version) FROM item_neighbours").fetchone()
     assert stored is not None and stored[0] > 0 and stored[1] == stored[2] == version  # the item-item source
+
+
+def test_a_model_is_read_where_every_node_reads_it_and_a_changed_artifact_is_refused(
+    trained_stack: Settings, tmp_path: Path
+) -> None:
+    """The promoted model loads from the registry alone (no file under any node's RECSTACK_HOME); with an object-store
+    URI (file:// here, as s3:// or gs:// would be) it loads from there; either way changed bytes are refused."""
+    version = (trained_stack.home / "trained_version").read_text()
+    added = []
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        record = registry.get(conn, version)
+        model = registry.load_verified(conn, record)
+        assert not (trained_stack.home / "models").exists()
+        args = (record.features, record.params, record.metrics, record.data_window)
+        in_store = registry.register(conn, model, *args, artifact_uri=(tmp_path / "store").as_uri())
+        in_row = registry.register(conn, model, *args)
+        added += [in_store.version, in_row.version]
+        try:
+            assert in_store.path == f"{(tmp_path / 'store').as_uri()}/{in_store.version}.cbm"
+            assert registry.model_bytes(registry.load_verified(conn, in_store)) == registry.model_bytes(model)
+            artifact = tmp_path / "store" / f"{in_store.version}.cbm"
+            artifact.write_bytes(artifact.read_bytes()[:-16])
+            with pytest.raises(registry.RegistryError, match="checksum mismatch"):
+                registry.load_verified(conn, in_store)
+            artifact.unlink()
+            with pytest.raises(registry.RegistryError, match="cannot read"):
+                registry.load_verified(conn, in_store)
+            conn.execute(
+                "UPDATE models SET artifact = substring(artifact from 1 for 1000) WHERE version = %s", (in_row.version,)
+            )
+            with pytest.raises(registry.RegistryError, match="checksum mismatch"):
+                registry.load_verified(conn, in_row)
+        finally:
+            conn.execute("DELETE FROM models WHERE version = ANY(%s)", (added,))
+            conn.commit()
 
 
 def test_item_neighbours_round_trip_through_postgres(trained_stack: Settings) -> None:

@@ -150,8 +150,7 @@ def test_promote_and_rollback_are_picked_up_without_restart(api: str, trained_st
         record = registry.get(conn, trained)
         copy = registry.register(
             conn,
-            trained_stack.models_dir,
-            registry.load_verified(record),
+            registry.load_verified(conn, record),
             record.features,
             record.params,
             record.metrics,
