@@ -111,10 +111,10 @@ def direct_targets(app: str) -> list[str]:
     raise RuntimeError("no direct ingress targets: is RAY_SERVE_THROUGHPUT_OPTIMIZED on?")
 
 
-def serve_mode(mode: str, port: int) -> list[str]:
+def serve_mode(mode: str, port: int, num_cpus: int | None = None) -> list[str]:
     """Start the app in ``mode`` (graph | fused), on a local Ray started with RAY_SERVE_THROUGHPUT_OPTIMIZED as
     ``recstack serve`` would (or forced with a "-tp" / "-default" suffix, to compare both); the URLs to load ("-direct":
-    the ingress replicas' own servers)."""
+    the ingress replicas' own servers). ``num_cpus``: the local node's logical CPUs (default: its cores)."""
     import os
 
     import ray
@@ -130,7 +130,7 @@ def serve_mode(mode: str, port: int) -> list[str]:
     if ray.is_initialized():
         ray.shutdown()
     os.environ.update(env)  # Serve reads it at import, in the Ray processes started below
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"mode": shape}), name="recstack", route_prefix="/")
     url = f"http://127.0.0.1:{port}"

@@ -413,12 +413,29 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
 # Serve's per-request access log line costs CPU on every hop; /metrics counts requests per endpoint and status.
 # Turn it back on per deployment in the Serve config (logging_config.enable_access_log) when tracing by hand.
 LOGGING: dict[str, Any] = {"enable_access_log": False}
-STAGE_OPTIONS: dict[str, Any] = {
-    "ray_actor_options": {"num_cpus": 0.1},
-    "max_ongoing_requests": 16,
-    "logging_config": LOGGING,
+# CPUs each replica reserves: the one home of deployment sizes (bench/bench_autoscale.py reports the CPU a replica
+# really spends per request beside them).
+DEPLOYMENT_SIZES: dict[str, float] = {
+    "Ingress": 0.1,
+    "Retriever": 0.1,
+    "FeatureLookup": 0.1,
+    "Ranker": 0.1,
+    "Reranker": 0.1,
 }
 AUTOSCALING: dict[str, Any] = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
+
+
+def stage_options(name: str) -> dict[str, Any]:
+    """Deployment options of one pipeline stage."""
+    return {
+        "name": name,
+        "ray_actor_options": {"num_cpus": DEPLOYMENT_SIZES[name]},
+        "max_ongoing_requests": 16,
+        "logging_config": LOGGING,
+        "autoscaling_config": AUTOSCALING,
+    }
+
+
 # Fused: the whole pipeline is one replica's work (~20 ms of CPU per request here, mostly under the GIL), so one
 # replica saturates below 50 requests/s on its own; two use both cores (bench/bench_serving.py: @50 rps p50 689 ms
 # with one replica, 37 ms with two).
@@ -431,7 +448,7 @@ def replica_setup() -> None:
     ray_runtime.bind_replica_servers_to_loopback()
 
 
-@serve.deployment(name="Retriever", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+@serve.deployment(**stage_options("Retriever"))
 class RetrieverDeployment:
     def __init__(self) -> None:
         replica_setup()
@@ -450,7 +467,7 @@ class RetrieverDeployment:
         return self.stage.ready()
 
 
-@serve.deployment(name="FeatureLookup", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+@serve.deployment(**stage_options("FeatureLookup"))
 class LookupDeployment:
     def __init__(self) -> None:
         replica_setup()
@@ -463,7 +480,7 @@ class LookupDeployment:
         return True  # the constructor warmed the item cache
 
 
-@serve.deployment(name="Ranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+@serve.deployment(**stage_options("Ranker"))
 class RankerDeployment:
     def __init__(self) -> None:
         replica_setup()
@@ -479,7 +496,7 @@ class RankerDeployment:
         return self.stage.ready()
 
 
-@serve.deployment(name="Reranker", **STAGE_OPTIONS, autoscaling_config=AUTOSCALING)
+@serve.deployment(**stage_options("Reranker"))
 class RerankerDeployment:
     def __init__(self) -> None:
         replica_setup()
@@ -508,7 +525,7 @@ def _handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> 
 
 @serve.deployment(
     name="Ingress",
-    ray_actor_options={"num_cpus": 0.1},
+    ray_actor_options={"num_cpus": DEPLOYMENT_SIZES["Ingress"]},
     logging_config=LOGGING,
     max_ongoing_requests=64,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},

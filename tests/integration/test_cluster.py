@@ -13,6 +13,7 @@ RECSTACK_* setting (what reaches them travels in the job's runtime environment).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ import yaml
 from recstack import ray_runtime, stack
 from recstack.settings import Settings
 from recstack.tables import registry
-from tests.conftest import free_port
+from tests.conftest import free_port, load_featured
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +113,24 @@ def _ray_start(args: list[str], folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(trained_stack: Settings) -> Iterator[Cluster]:
+def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Stores of the cluster's own (the session's stack keeps its data and model): features built, Feast applied and
+    materialized, no model yet: the cluster trains the first one."""
+    from recstack.ingest.synthetic import generate
+
+    settings = Settings(
+        home=tmp_path_factory.mktemp("cluster-stack"), postgres_port=free_port(), redis_port=free_port()
+    )
+    stack.up(settings)
+    try:
+        load_featured(settings, generate(users=600, items=300, events=40_000, seed=11))
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_stack: Settings) -> Iterator[Cluster]:
     tag = os.urandom(3).hex()
     folders = {name: Path(f"/tmp/rsc-{tag}-{name}") for name in ("head", *WORKERS)}
     port, dashboard_port = free_port(), free_port()
@@ -183,69 +201,56 @@ def _driver_env(settings: Settings, home: Path, cluster: Cluster) -> dict[str, s
 
 
 @pytest.fixture(scope="module")
-def trained_on_cluster(
-    cluster: Cluster, trained_stack: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """`RAY_ADDRESS=<head> recstack train --trials 4`; the model it promotes is the one served; the stack's own
-    model is promoted again afterwards."""
-    dsn = stack.postgres_dsn(trained_stack)
-    with psycopg.connect(dsn) as conn:
-        before = registry.promoted_version(conn)
+def trained_on_cluster(cluster: Cluster, cluster_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`RAY_ADDRESS=<head> recstack train --trials 4` from a driver with no local state: the version it promotes."""
     home = tmp_path_factory.mktemp("driver-home")
     result = subprocess.run(
         [
             *(sys.executable, "-m", "recstack.cli", "train"),
             *("--trials", "4", "--smoke", "--epochs", "2", "--ranker-users", "300", "--seed", "5"),
         ],
-        env=_driver_env(trained_stack, home, cluster),
+        env=_driver_env(cluster_stack, home, cluster),
         capture_output=True,
         text=True,
         timeout=600,
         cwd=home,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(stack.postgres_dsn(cluster_stack)) as conn:
         version = registry.promoted_version(conn)
-    assert version is not None and version != before
-    try:
-        yield version
-    finally:
-        if before is not None:
-            with psycopg.connect(dsn) as conn:
-                registry.promote(conn, before)
+    assert version is not None
+    return version
 
 
-def _connect(cluster: Cluster) -> None:
-    import ray
+# Run by a driver of its own on the cluster: on each named node, load the model from the registry (its sha256
+# verified) -> {node name: [node id, sha256 of the model's bytes]}.
+PROBE = """
+import hashlib, json, sys
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray_runtime.allow_cluster()
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    from ray._raylet import Config  # type: ignore[attr-defined]
+import psycopg
+import ray
 
-    Config.initialize("")  # Ray caches the auth mode per process
-    ray.init(address=cluster.address, log_to_driver=False)
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the nodes cannot import a test module
+from recstack import ray_runtime
+from recstack.tables import registry
 
 
-def _load_here(dsn: str, version: str) -> tuple[str, str]:
-    """On whichever node runs it: load ``version`` from the registry (its sha256 verified) -> (node id, sha256)."""
-    import hashlib
-
-    import ray
-
+def load_here(dsn, version):
     with psycopg.connect(dsn) as conn:
         model = registry.load_verified(conn, registry.get(conn, version))
     return ray.get_runtime_context().get_node_id(), hashlib.sha256(registry.model_bytes(model)).hexdigest()
 
 
+dsn, version, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+ray_runtime.init(log_to_driver=False)
+probe = ray.remote(num_cpus=0)(load_here)
+refs = {name: probe.options(resources={name: 0.01}).remote(dsn, version) for name in names}
+print(json.dumps({name: ray.get(ref, timeout=120) for name, ref in refs.items()}))
+"""
+
+
 def test_training_runs_on_several_nodes_and_its_model_loads_on_every_node(
-    cluster: Cluster, trained_on_cluster: str, trained_stack: Settings
+    cluster: Cluster, trained_on_cluster: str, cluster_stack: Settings, tmp_path: Path
 ) -> None:
-    import ray
     from ray.util.state import list_actors, list_tasks
 
     joins = list_tasks(address=cluster.dashboard, filters=[("name", "=", "_join_chunk")], limit=1000, detail=True)
@@ -260,23 +265,23 @@ def test_training_runs_on_several_nodes_and_its_model_loads_on_every_node(
     assert len(join_nodes) >= 2, joins
     assert len(trial_nodes) >= 2, trials
 
-    dsn = stack.postgres_dsn(trained_stack)
-    _connect(cluster)
-    try:
-        probe = ray.remote(num_cpus=0)(_load_here)
-        loaded = {
-            name: ray.get(probe.options(resources={name: 0.01}).remote(dsn, trained_on_cluster), timeout=120)
-            for name in ("head", *WORKERS)
-        }
-    finally:
-        ray.shutdown()
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, stack.postgres_dsn(cluster_stack), trained_on_cluster, "head", *WORKERS],
+        env=_driver_env(cluster_stack, tmp_path, cluster),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert {name: node for name, (node, _) in loaded.items()} == cluster.node_ids
     assert len({sha for _, sha in loaded.values()}) == 1, loaded
 
 
 @pytest.fixture(scope="module")
 def deployed(
-    cluster: Cluster, trained_on_cluster: str, trained_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, trained_on_cluster: str, cluster_stack: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
     """`serve deploy` of the committed Serve config through the head's dashboard (the REST path KubeRay uses), with
     what a cluster's config sets: the stores' DSNs in the application's runtime environment, the proxy on the head,
@@ -289,8 +294,8 @@ def deployed(
     (app,) = config["applications"]
     app["runtime_env"] = {
         "env_vars": {
-            "RECSTACK_POSTGRES_DSN": stack.postgres_dsn(trained_stack),
-            "RECSTACK_REDIS_URL": stack.redis_url(trained_stack),
+            "RECSTACK_POSTGRES_DSN": stack.postgres_dsn(cluster_stack),
+            "RECSTACK_REDIS_URL": stack.redis_url(cluster_stack),
             "RECSTACK_STAGE_DEADLINE_MS": "3000",
         }
     }
@@ -323,6 +328,13 @@ def _replica_nodes(cluster: Cluster, deployment: str) -> list[str]:
         filters=[("class_name", "=", f"ServeReplica:recstack:{deployment}"), ("state", "=", "ALIVE")],
     )
     return sorted(cluster.node_name(a.node_id) for a in actors)
+
+
+def _node_state(cluster: Cluster, name: str) -> str:
+    from ray.util.state import list_nodes
+
+    states = {node.node_id: str(node.state) for node in list_nodes(address=cluster.dashboard)}
+    return states[cluster.node_ids[name]]
 
 
 def _recommend(url: str, user: str) -> tuple[int, dict[str, Any]]:
@@ -369,6 +381,7 @@ def test_serve_deploy_ranks_on_a_worker_and_survives_losing_it(
     time.sleep(5)
     killed_at[0] = time.monotonic()
     _kill(cluster.folders[ranker_node])
+    assert not _processes(cluster.folders[ranker_node]), "processes of the killed node still run"
     recovered = None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and recovered is None:
@@ -397,5 +410,11 @@ def test_serve_deploy_ranks_on_a_worker_and_survives_losing_it(
     assert not [s for s in statuses if s >= 500 and s != 503], statuses
     assert 0 not in statuses, "connections failed"
     assert recovered is not None, "answers never went back to normal"
-    (now,) = _replica_nodes(cluster, "Ranker")
-    assert now in WORKERS and now != ranker_node
+    other = next(w for w in WORKERS if w != ranker_node)
+    deadline = time.monotonic() + 90  # the GCS declares a silent node dead after its health checks time out
+    while time.monotonic() < deadline and (
+        _node_state(cluster, ranker_node) != "DEAD" or _replica_nodes(cluster, "Ranker") != [other]
+    ):
+        time.sleep(2)
+    assert _node_state(cluster, ranker_node) == "DEAD"
+    assert _replica_nodes(cluster, "Ranker") == [other]
