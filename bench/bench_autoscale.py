@@ -146,7 +146,11 @@ def timeline(
         ok = [a[1] * 1000 for a in inside if a[2] == 200]
         phase = min(int(np.searchsorted(bounds, start, side="right")) - 1, len(ramp) - 1)
         sample = next((s for s in samples if s["t"] >= start + bucket), samples[-1] if samples else None)
-        running = {name: states.get("RUNNING", 0) for name, states in ((sample or {}).get("replicas") or {}).items()}
+        replicas = (sample or {}).get("replicas") or {}
+        running = {name: states.get("RUNNING", 0) for name, states in replicas.items()}
+        waiting = {
+            name: sum(n for state, n in states.items() if state != "RUNNING") for name, states in replicas.items()
+        }
         rows.append(
             {
                 "t": float(start),
@@ -157,6 +161,7 @@ def timeline(
                 "errors": sum(1 for a in inside if a[2] != 200),
                 "degraded": sum(1 for a in inside if a[3]),
                 "running_replicas": running,
+                "other_replicas": {name: n for name, n in waiting.items() if n},  # starting, pending, stopping
             }
         )
     return rows

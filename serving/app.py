@@ -413,16 +413,38 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
 # Serve's per-request access log line costs CPU on every hop; /metrics counts requests per endpoint and status.
 # Turn it back on per deployment in the Serve config (logging_config.enable_access_log) when tracing by hand.
 LOGGING: dict[str, Any] = {"enable_access_log": False}
-# CPUs each replica reserves: the one home of deployment sizes (bench/bench_autoscale.py reports the CPU a replica
-# really spends per request beside them).
+# What each replica reserves, the one home of deployment sizes. A replica's num_cpus is the CPU it burns when it is at
+# its autoscaling target, so that Ray's placement (and KubeRay's autoscaler, which adds a node when replicas cannot
+# be placed) follows the real load: CPU per request (bench/bench_autoscale.py measures it per deployment) times the
+# rate one replica carries at target_ongoing_requests in flight. The stages run under one GIL each, so no stage is
+# worth more than one CPU; the retriever (SQL + item-item scoring) and the ranker (CatBoost) are the heavy ones.
+# At the minimum (one replica each) the graph needs 1.75 CPUs, so it fits a 2-core laptop; at the maximum 6.5, which
+# is two of rayservice.yaml's 4-CPU worker pods: load past one pod's worth asks the cluster for another node.
 DEPLOYMENT_SIZES: dict[str, float] = {
-    "Ingress": 0.1,
-    "Retriever": 0.1,
-    "FeatureLookup": 0.1,
-    "Ranker": 0.1,
-    "Reranker": 0.1,
+    "Ingress": 0.25,  # async: parses, validates and awaits the stages; little CPU of its own
+    "Retriever": 0.5,
+    "FeatureLookup": 0.25,
+    "Ranker": 0.5,
+    "Reranker": 0.25,
 }
-AUTOSCALING: dict[str, Any] = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
+# Fused: one replica runs every stage (about 16 ms of CPU per request through the proxy, bench/bench_serving.py).
+FUSED_SIZE = 0.5
+# Scale up within seconds of a rise, down after a minute of less load (Serve's default waits 10 minutes).
+SCALING_DELAYS: dict[str, float] = {"upscale_delay_s": 10, "downscale_delay_s": 60}
+# Stages: one request in flight per replica is about its CPU share at their latencies (a few ms of CPU over ~10 ms).
+AUTOSCALING: dict[str, Any] = {
+    "min_replicas": 1,
+    "max_replicas": 4,
+    "target_ongoing_requests": 1,
+    **SCALING_DELAYS,
+}
+# The ingress holds each request for the whole pipeline while spending little CPU: more in flight per replica.
+INGRESS_AUTOSCALING: dict[str, Any] = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 8,
+    **SCALING_DELAYS,
+}
 
 
 def stage_options(name: str) -> dict[str, Any]:
@@ -439,7 +461,12 @@ def stage_options(name: str) -> dict[str, Any]:
 # Fused: the whole pipeline is one replica's work (~20 ms of CPU per request here, mostly under the GIL), so one
 # replica saturates below 50 requests/s on its own; two use both cores (bench/bench_serving.py: @50 rps p50 689 ms
 # with one replica, 37 ms with two).
-FUSED_AUTOSCALING: dict[str, Any] = {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8}
+FUSED_AUTOSCALING: dict[str, Any] = {
+    "min_replicas": 2,
+    "max_replicas": 4,
+    "target_ongoing_requests": 8,
+    **SCALING_DELAYS,
+}
 
 
 def replica_setup() -> None:
@@ -528,7 +555,7 @@ def _handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> 
     ray_actor_options={"num_cpus": DEPLOYMENT_SIZES["Ingress"]},
     logging_config=LOGGING,
     max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    autoscaling_config=INGRESS_AUTOSCALING,
 )
 @serve.ingress()
 class Ingress:
@@ -567,7 +594,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         )
     if mode != "fused":
         raise ValueError(f"mode must be 'graph' or 'fused', got {mode!r}")
-    return ingress.options(autoscaling_config=FUSED_AUTOSCALING).bind(payload)
+    return ingress.options(autoscaling_config=FUSED_AUTOSCALING, ray_actor_options={"num_cpus": FUSED_SIZE}).bind(
+        payload
+    )
 
 
 def local_backend(settings: Settings | None = None, config: AppConfig | None = None) -> Backend:
