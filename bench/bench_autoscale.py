@@ -6,7 +6,7 @@ each deployment's CPU seconds per request (its replicas' processes, read with ps
 Needs a stack with data, features materialized and a promoted model (`recstack demo --no-serve`). Usage, with the
 stack's RECSTACK_* environment:
 
-    python -m bench.bench_autoscale [--ramp 4:30 12:40 24:60 36:60 12:40 4:90] [--num-cpus 8]
+    python -m bench.bench_autoscale [--ramp 4:30 12:40 24:60 36:60 12:40 4:120] [--num-cpus 8]
 
 ``--ramp`` is rate:seconds phases. ``--num-cpus`` is the local Ray node's logical CPUs: replicas are placed by
 their ``num_cpus``, so a laptop node sized like one worker pod (infra/k8s/rayservice.yaml: 4 CPUs) plus the head
@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 from bench.bench_serving import sample_users, serve_mode
-from bench.common import free_port, report
+from bench.common import Answer, free_port, open_loop, report
 
 RESULTS = Path(__file__).with_name("results")
 DEPLOYMENTS = ("Ingress", "Retriever", "FeatureLookup", "Ranker", "Reranker")
@@ -105,45 +103,15 @@ class Sampler(threading.Thread):
             self.stop.wait(self.every)
 
 
-async def ramp_load(url: str, users: list[str], ramp: list[tuple[float, float]], t0: float) -> list[tuple]:
-    """Requests on a fixed schedule (rate per phase), whatever the answers do: (sent at, latency, status, degraded)."""
-    answers: list[tuple[float, float, int, bool]] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
-
-        async def one(user: str) -> None:
-            sent = time.monotonic()
-            try:
-                async with session.post(
-                    f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=aiohttp.ClientTimeout(total=30)
-                ) as response:
-                    body = await response.json(content_type=None)
-                    status, degraded = response.status, bool(body.get("degraded"))
-            except (TimeoutError, aiohttp.ClientError):
-                status, degraded = 0, False
-            answers.append((sent - t0, time.monotonic() - sent, status, degraded))
-
-        tasks = []
-        start = time.monotonic()
-        for rate, seconds in ramp:
-            for i in range(int(rate * seconds)):
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(random.choice(users))))
-            start += seconds
-        await asyncio.gather(*tasks)
-    return answers
-
-
 def timeline(
-    answers: list[tuple], samples: list[dict[str, Any]], ramp: list[tuple[float, float]], bucket: float
+    answers: list[Answer], samples: list[dict[str, Any]], ramp: list[tuple[float, float]], bucket: float
 ) -> list[dict[str, Any]]:
     """Per ``bucket`` seconds (by send time): offered rate, answered rate, p50/p99, errors, replicas at its end."""
     bounds = np.cumsum([0.0] + [s for _, s in ramp])
     rows = []
     for start in np.arange(0, bounds[-1], bucket):
-        inside = [a for a in answers if start <= a[0] < start + bucket]
-        ok = [a[1] * 1000 for a in inside if a[2] == 200]
+        inside = [a for a in answers if start <= a.sent_s < start + bucket]
+        ok = [a.latency_s * 1000 for a in inside if a.status == 200]
         phase = min(int(np.searchsorted(bounds, start, side="right")) - 1, len(ramp) - 1)
         sample = next((s for s in samples if s["t"] >= start + bucket), samples[-1] if samples else None)
         replicas = (sample or {}).get("replicas") or {}
@@ -158,8 +126,8 @@ def timeline(
                 "answered_rps": round(len(ok) / bucket, 1),
                 "p50_ms": round(float(np.percentile(ok, 50)), 1) if ok else None,
                 "p99_ms": round(float(np.percentile(ok, 99)), 1) if ok else None,
-                "errors": sum(1 for a in inside if a[2] != 200),
-                "degraded": sum(1 for a in inside if a[3]),
+                "errors": sum(1 for a in inside if a.status != 200),
+                "degraded": sum(1 for a in inside if a.degraded),
                 "running_replicas": running,
                 "other_replicas": {name: n for name, n in waiting.items() if n},  # starting, pending, stopping
             }
@@ -197,7 +165,7 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ramp", nargs="+", default=["4:30", "12:40", "24:60", "36:60", "12:40", "4:90"])
+    parser.add_argument("--ramp", nargs="+", default=["4:30", "12:40", "24:60", "36:60", "12:40", "4:120"])
     parser.add_argument("--num-cpus", type=int, default=8)
     parser.add_argument("--bucket", type=float, default=5.0, help="seconds per timeline row")
     parser.add_argument("--out", type=Path, default=RESULTS / "autoscale.json")
@@ -209,15 +177,15 @@ def main() -> None:
     from serving.app import DEPLOYMENT_SIZES
 
     (url,) = serve_mode("graph", free_port(), num_cpus=args.num_cpus)
-    asyncio.run(ramp_load(url, users, [(5, 5)], time.monotonic()))  # warm-up
+    asyncio.run(open_loop([url], users, [(5, 5)]))  # warm-up
     t0 = time.monotonic()
     sampler = Sampler(t0)
     sampler.start()
-    answers = asyncio.run(ramp_load(url, users, ramp, t0))
+    answers = asyncio.run(open_loop([url], users, ramp, t0))
     time.sleep(2)
     sampler.stop.set()
     sampler.join()
-    served = sum(1 for a in answers if a[2] == 200)
+    served = sum(1 for a in answers if a.status == 200)
     first, last = sampler.samples[0]["cpu_s"], sampler.samples[-1]["cpu_s"]
     rows = timeline(answers, sampler.samples, ramp, args.bucket)
     figures: dict[str, object] = {
@@ -225,7 +193,7 @@ def main() -> None:
         "node_logical_cpus": args.num_cpus,
         "sizes": DEPLOYMENT_SIZES,
         "requests": len(answers),
-        "statuses": {str(s): sum(1 for a in answers if a[2] == s) for s in sorted({a[2] for a in answers})},
+        "statuses": {str(s): sum(1 for a in answers if a.status == s) for s in sorted({a.status for a in answers})},
         "cpu_ms_per_request": {
             name: round(1000 * (last[name] - first[name]) / max(served, 1), 2) for name in DEPLOYMENTS
         },

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from bench.common import free_port, percentiles_ms, report
+from bench.common import free_port, open_loop, percentiles_ms, report
 from recstack import stack
 from recstack.settings import get_settings
 
@@ -43,37 +40,18 @@ def sample_users(n: int) -> list[str]:
 
 async def constant_rate(urls: list[str], users: list[str], rate: float, seconds: float) -> dict[str, object]:
     """Requests at ``rate`` per second for ``seconds``, spread round robin over ``urls``."""
-    latencies: list[float] = []
+    t0 = time.monotonic()
+    answers = await open_loop(urls, users, [(rate, seconds)], t0)
     statuses: dict[int, int] = {}
-    degraded = 0
-    n = int(rate * seconds)
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
-
-        async def one(url: str, user: str) -> None:
-            nonlocal degraded
-            started = time.perf_counter()
-            async with session.post(f"{url}/recommend", json={"user_id": user, "k": 10}) as response:
-                body = await response.json()
-                latencies.append(time.perf_counter() - started)
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-                degraded += bool(body.get("degraded"))
-
-        tasks = []
-        t0 = time.perf_counter()
-        for i in range(n):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(urls[i % len(urls)], random.choice(users))))
-        await asyncio.gather(*tasks)
-        achieved = n / (time.perf_counter() - t0)
+    for answer in answers:
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+    answered = [a.latency_s for a in answers if a.status]
     return {
-        **percentiles_ms(latencies),
-        "requests": n,
-        "achieved_rps": round(achieved, 1),
+        **(percentiles_ms(answered) if answered else {}),
+        "requests": len(answers),
+        "achieved_rps": round(len(answers) / (time.monotonic() - t0), 1),
         "statuses": statuses,
-        "degraded": degraded,
+        "degraded": sum(a.degraded for a in answers),
     }
 
 

@@ -1,12 +1,17 @@
-"""Shared benchmark plumbing: a throwaway embedded stack on free ports, percentiles, figure output."""
+"""Shared benchmark plumbing: a throwaway embedded stack on free ports, an open-loop HTTP load, percentiles, figure
+output."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,3 +46,52 @@ def report(figures: dict[str, object], out: Path) -> None:
     out.write_text(json.dumps(figures, indent=2))
     for key, value in figures.items():
         print(f"{key:40s} {value}")
+
+
+class Answer(NamedTuple):
+    sent_s: float  # since the load's t0
+    latency_s: float
+    status: int  # 0: no HTTP answer (timeout, connection error)
+    degraded: bool
+
+
+async def open_loop(
+    urls: list[str], users: list[str], phases: list[tuple[float, float]], t0: float | None = None
+) -> list[Answer]:
+    """POST /recommend on a fixed schedule, whatever the answers do (no coordinated omission): ``phases`` is
+    (requests per second, seconds) in order, requests go round robin over ``urls`` for a random one of ``users``."""
+    import aiohttp
+
+    t0 = time.monotonic() if t0 is None else t0
+    answers: list[Answer] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
+
+        async def one(url: str, user: str) -> None:
+            sent = time.monotonic()
+            try:
+                async with session.post(
+                    f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=aiohttp.ClientTimeout(total=30)
+                ) as response:
+                    status, text = response.status, await response.text()
+            except (TimeoutError, aiohttp.ClientError):
+                status, text = 0, ""
+            latency = time.monotonic() - sent
+            try:  # a 503 from Serve's proxy (load shed) is plain text
+                body = json.loads(text) if status else None
+            except ValueError:
+                body = None
+            degraded = bool(isinstance(body, dict) and body.get("degraded"))
+            answers.append(Answer(sent - t0, latency, status, degraded))
+
+        tasks = []
+        start, sent = time.monotonic(), 0
+        for rate, seconds in phases:
+            for i in range(int(rate * seconds)):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(urls[sent % len(urls)], random.choice(users))))
+                sent += 1
+            start += seconds
+        await asyncio.gather(*tasks)
+    return answers

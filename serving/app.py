@@ -413,38 +413,44 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
 # Serve's per-request access log line costs CPU on every hop; /metrics counts requests per endpoint and status.
 # Turn it back on per deployment in the Serve config (logging_config.enable_access_log) when tracing by hand.
 LOGGING: dict[str, Any] = {"enable_access_log": False}
-# What each replica reserves, the one home of deployment sizes. A replica's num_cpus is the CPU it burns when it is at
-# its autoscaling target, so that Ray's placement (and KubeRay's autoscaler, which adds a node when replicas cannot
-# be placed) follows the real load: CPU per request (bench/bench_autoscale.py measures it per deployment) times the
-# rate one replica carries at target_ongoing_requests in flight. The stages run under one GIL each, so no stage is
-# worth more than one CPU; the retriever (SQL + item-item scoring) and the ranker (CatBoost) are the heavy ones.
-# At the minimum (one replica each) the graph needs 1.75 CPUs, so it fits a 2-core laptop; at the maximum 6.5, which
-# is two of rayservice.yaml's 4-CPU worker pods: load past one pod's worth asks the cluster for another node.
+# What each replica reserves, the one home of deployment sizes. A replica's num_cpus follows the CPU it burns per
+# request, so that Ray's placement (and KubeRay's autoscaler, which adds a node when replicas cannot be placed)
+# follows the real load. Measured through POST /recommend on the graph app (bench/bench_autoscale.py,
+# bench/reference/autoscale.json at 0.25-0.5 CPU sizes, 20k users / 5k items): CPU ms per request Ingress 20.6,
+# Retriever 15.7, FeatureLookup 9.6, Reranker 6.4, Ranker 3.9 (the ingress parses and validates the HTTP request and
+# serialises four handle calls; CatBoost over ~300 candidates is cheap). The two heavy ones get half a CPU, the rest a
+# quarter. At the minimum (one replica each) the graph needs 1.75 CPUs, so it fits a 2-core laptop; at the maximum
+# 1.5 + 4 x 1.25 = 6.5, two of rayservice.yaml's 4-CPU worker pods: load past one pod's worth asks for another node.
 DEPLOYMENT_SIZES: dict[str, float] = {
-    "Ingress": 0.25,  # async: parses, validates and awaits the stages; little CPU of its own
+    "Ingress": 0.5,
     "Retriever": 0.5,
     "FeatureLookup": 0.25,
-    "Ranker": 0.5,
+    "Ranker": 0.25,
     "Reranker": 0.25,
 }
 # Fused: one replica runs every stage (about 16 ms of CPU per request through the proxy, bench/bench_serving.py).
 FUSED_SIZE = 0.5
 # Scale up within seconds of a rise, down after a minute of less load (Serve's default waits 10 minutes).
 SCALING_DELAYS: dict[str, float] = {"upscale_delay_s": 10, "downscale_delay_s": 60}
-# Stages: one request in flight per replica is about its CPU share at their latencies (a few ms of CPU over ~10 ms).
+# Stages: a stage replica runs one request at a time under its GIL (a few to 16 ms of CPU each), so more than one in
+# flight means requests wait for it.
 AUTOSCALING: dict[str, Any] = {
     "min_replicas": 1,
     "max_replicas": 4,
     "target_ongoing_requests": 1,
     **SCALING_DELAYS,
 }
-# The ingress holds each request for the whole pipeline while spending little CPU: more in flight per replica.
+# The ingress holds each request for the whole pipeline (~55 ms at light load): 2 in flight is ~36 requests/s, about
+# where its ~20 ms of CPU per request fills a core.
 INGRESS_AUTOSCALING: dict[str, Any] = {
     "min_replicas": 1,
-    "max_replicas": 2,
-    "target_ongoing_requests": 8,
+    "max_replicas": 3,
+    "target_ongoing_requests": 2,
     **SCALING_DELAYS,
 }
+# Past this many requests waiting at the proxy for an ingress replica, the proxy answers 503 at once (load shed)
+# instead of letting every request wait until clients time out.
+INGRESS_MAX_QUEUED = 32
 
 
 def stage_options(name: str) -> dict[str, Any]:
@@ -555,6 +561,7 @@ def _handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> 
     ray_actor_options={"num_cpus": DEPLOYMENT_SIZES["Ingress"]},
     logging_config=LOGGING,
     max_ongoing_requests=64,
+    max_queued_requests=INGRESS_MAX_QUEUED,
     autoscaling_config=INGRESS_AUTOSCALING,
 )
 @serve.ingress()
