@@ -15,11 +15,11 @@ import json
 import logging
 import time
 from collections.abc import MutableMapping
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +32,7 @@ from serving import metrics
 from serving.experiments import Experiment
 from serving.schemas import (
     MAX_BODY_BYTES,
+    PRINTABLE,
     ErrorDetail,
     ErrorResponse,
     FeedbackBatch,
@@ -39,6 +40,7 @@ from serving.schemas import (
     FeedbackResult,
     RecommendRequest,
     RecommendResponse,
+    SimilarItems,
 )
 from serving.service import (
     Callers,
@@ -311,7 +313,12 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         description="Personalized recommendations: retrieval (pgvector) -> features (Feast) -> ranking (CatBoost) "
         "-> rerank (diversity, provider fairness).",
         version="1.0",
-        responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 401: {"model": ErrorResponse}},
+        responses={
+            400: {"model": ErrorResponse, "description": "A body that cannot be read (not UTF-8, not JSON)"},
+            401: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
     )
 
     api.add_middleware(Guard, api_key=settings.api_key)
@@ -336,17 +343,20 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         backend.impressions.add(response)
         return response
 
-    @api.get("/items/{item_id}/similar")
-    async def similar(item_id: str, k: int = 10) -> JSONResponse:
+    @api.get(
+        "/items/{item_id}/similar",
+        response_model=SimilarItems,
+        responses={404: {"model": ErrorResponse, "description": "Unknown item, or no vectors yet"}},
+    )
+    async def similar(
+        item_id: Annotated[str, Path(min_length=1, max_length=128, pattern=PRINTABLE)],
+        k: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> Any:
         """Items similar to ``item_id`` by collaborative and content vectors."""
-        if not 1 <= k <= 100:
-            return _error(422, "invalid request", [{"field": "k", "message": "must be between 1 and 100"}])
-        if not 1 <= len(item_id) <= 128 or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
-            return _error(422, "invalid request", [{"field": "item_id", "message": "1-128 printable characters"}])
         found = await backend.similar(item_id, k)
         if found is None:
             return _error(404, f"unknown item {item_id!r} (or no vectors yet: run `recstack train`)")
-        return JSONResponse({"item_id": item_id, "items": found})
+        return {"item_id": item_id, "items": found}
 
     @api.post("/feedback", response_model=FeedbackResult, responses={404: {"model": ErrorResponse}})
     async def feedback(event: FeedbackEvent) -> Any:
@@ -376,7 +386,7 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         ok = checks.get("model") == "loaded" and all(v == "ok" for k, v in checks.items() if k != "model")
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         """Prometheus metrics: stage latencies, fallbacks, degraded responses, model version."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")

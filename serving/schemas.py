@@ -26,6 +26,9 @@ from recstack.ingest.rules import EARLIEST_EVENT, FUTURE_TOLERANCE, RATING_MAX, 
 EventType = Literal["view", "click", "like", "dislike", "rating", "purchase", "skip"]
 Domain = Literal["movies", "products", "music", "articles"]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The same rule as a JSON-schema pattern, so the OpenAPI document says what the validator refuses.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+_PRINTABLE_IN_SCHEMA = Field(json_schema_extra={"pattern": PRINTABLE})
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -36,9 +39,14 @@ def _no_control_chars(value: str) -> str:
 
 
 ExternalId = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False), AfterValidator(_no_control_chars)
+    str,
+    StringConstraints(min_length=1, max_length=128, strip_whitespace=False),
+    AfterValidator(_no_control_chars),
+    _PRINTABLE_IN_SCHEMA,
 ]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars)]
+ShortText = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars), _PRINTABLE_IN_SCHEMA
+]
 _UNIX_SECONDS = re.compile(r"^[+-]?\d+(\.\d*)?$")
 TIME_FORMATS = "an ISO-8601 time (2026-11-30T10:00:00Z, an offset, or no zone = UTC) or unix seconds"
 
@@ -60,6 +68,17 @@ def _parse_time(value: object) -> object:
     except (ValueError, OverflowError, OSError):
         pass
     raise ValueError(f"expected {TIME_FORMATS}, got {value!r}"[:200])
+
+
+def _whole(value: object) -> object:
+    """JSON has one number type and JSON Schema's ``integer`` includes 28.0: take integral floats as ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A count from a JSON body (k, minimum items): an integer, written 28 or 28.0; 28.5 and "28" stay errors.
+Count = Annotated[int, BeforeValidator(_whole)]
 
 
 def _aware(value: datetime) -> datetime:
@@ -99,15 +118,23 @@ class RerankOverrides(StrictModel):
 
     mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0, description="1 = relevance only, 0 = diversity.")
     max_provider_share: float | None = Field(default=None, gt=0.0, le=1.0, description="Cap on one provider's share.")
-    long_tail_min: int | None = Field(default=None, ge=0, le=10, description="Minimum long-tail items in the slate.")
-    boost: dict[ExternalId, Annotated[float, Field(ge=0.0, le=10.0)]] | None = Field(
-        default=None, max_length=50, description="item_id -> score multiplier (0 buries an item, 10 at most)."
+    # The bounds before the validator, so the OpenAPI document states them (minimum/maximum).
+    long_tail_min: Annotated[int, Field(ge=0, le=10), BeforeValidator(_whole)] | None = Field(
+        default=None, description="Minimum long-tail items in the slate."
     )
+    # additionalProperties false: with a key pattern, JSON Schema would otherwise allow any value under other keys.
+    boost: (
+        Annotated[
+            dict[ExternalId, Annotated[float, Field(ge=0.0, le=10.0)]],
+            Field(json_schema_extra={"additionalProperties": False}),
+        ]
+        | None
+    ) = Field(default=None, max_length=50, description="item_id -> score multiplier (0 buries an item, 10 at most).")
 
 
 class RecommendRequest(StrictModel):
     user_id: ExternalId
-    k: int = Field(default=10, ge=1, le=100)
+    k: Count = Field(default=10, ge=1, le=100)
     domain: Domain | None = None
     context: RequestContext | None = None
     exclude_item_ids: list[ExternalId] = Field(default_factory=list, max_length=500)
@@ -122,6 +149,11 @@ class RecommendedItem(BaseModel):
     title: str
     domain: str
     reasons: list[str] | None = None
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    items: list[RecommendedItem]
 
 
 class ExperimentAssignment(BaseModel):

@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import hypothesis
 import psycopg
 import pytest
 import requests
+import schemathesis
 
 from recstack import stack
 from recstack.settings import Settings
@@ -389,6 +391,61 @@ def test_a_1mb_body_is_413_and_broken_json_is_422(api: str) -> None:
     assert response.status_code == 413 and response.json()["error"]
     broken = requests.post(f"{api}/recommend", data="{not json", headers={"content-type": "application/json"})
     assert broken.status_code == 422
+
+
+# -- the API fuzzed from the OpenAPI document it serves (schemathesis): valid and invalid requests ----------------
+FUZZ_EXAMPLES = 300  # per operation and generation mode; > 2,000 requests over the operations
+# Rules the OpenAPI document cannot state, so a schema-valid body may still be a 422 for them (and only for them):
+# event times outside 1990-01-01 .. now + 5 minutes (the validation gate's row rules) and a rating without its value
+# (a rule across two fields).
+UNSTATED_RULES = ("is before 1990-01-01", "in the future", "value is required for rating events")
+
+
+def _only_unstated_rules(response: Any) -> bool:
+    details = response.json().get("details") or []
+    return bool(details) and all(any(rule in d["message"] for rule in UNSTATED_RULES) for d in details)
+
+
+def test_fuzzed_requests_from_the_served_openapi_get_no_server_error_and_answers_match_it(api: str) -> None:
+    from schemathesis.checks import negative_data_rejection, positive_data_acceptance
+
+    schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
+    sent: dict[str, int] = {}
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in schemathesis.GenerationMode:
+
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis.settings(
+                max_examples=FUZZ_EXAMPLES,
+                deadline=None,
+                derandomize=True,  # the same requests every run: a failure is reproducible, not flaky
+                database=None,
+                suppress_health_check=list(hypothesis.HealthCheck),
+            )
+            def call(case: Any) -> None:
+                response = case.call(timeout=60)
+                sent[case.operation.label] = sent.get(case.operation.label, 0) + 1
+                assert response.status_code < 500, f"{response.status_code}: {response.text[:300]}"
+                # Status documented, body, headers and content type as the schema says; a schema-valid body is
+                # accepted unless it breaks an unstated rule; 413 (body over 64 KiB, documented) is a rejection too.
+                if response.status_code == 422 and _only_unstated_rules(response):
+                    case.validate_response(response, excluded_checks=[positive_data_acceptance])
+                elif response.status_code == 413:
+                    case.validate_response(response, excluded_checks=[negative_data_rejection])
+                else:
+                    case.validate_response(response)
+
+            try:
+                call()
+            except hypothesis.errors.Unsatisfiable:
+                assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label  # nothing to get wrong
+            except (Exception, BaseExceptionGroup) as err:  # hypothesis re-raises the minimal example's failure
+                failures.append(f"{operation.label} ({mode.value}): {str(err)[:600]}")
+    print(f"fuzzed: {sum(sent.values())} requests, {sent}")
+    assert not failures, "\n".join(failures)
+    assert sum(sent.values()) >= 2000, sent
 
 
 def _replica(deployment: str) -> Any:
