@@ -83,15 +83,14 @@ async def open_loop(
             degraded = bool(isinstance(body, dict) and body.get("degraded"))
             answers.append(Answer(sent - t0, latency, status, degraded))
 
-        tasks = []
-        start, sent = time.monotonic(), 0
+        tasks: list[asyncio.Task[None]] = []
+        start = time.monotonic()
         for rate, seconds in phases:
             for i in range(int(rate * seconds)):
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(urls[sent % len(urls)], random.choice(users))))
-                sent += 1
+                tasks.append(asyncio.create_task(one(urls[len(tasks) % len(urls)], random.choice(users))))
             start += seconds
         await asyncio.gather(*tasks)
     return answers

@@ -425,12 +425,12 @@ async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -
 LOGGING: dict[str, Any] = {"enable_access_log": False}
 # What each replica reserves, the one home of deployment sizes. A replica's num_cpus follows the CPU it burns per
 # request, so that Ray's placement (and KubeRay's autoscaler, which adds a node when replicas cannot be placed)
-# follows the real load. Measured through POST /recommend on the graph app (bench/bench_autoscale.py,
-# bench/reference/autoscale.json at 0.25-0.5 CPU sizes, 20k users / 5k items): CPU ms per request Ingress 20.6,
-# Retriever 15.7, FeatureLookup 9.6, Reranker 6.4, Ranker 3.9 (the ingress parses and validates the HTTP request and
-# serialises four handle calls; CatBoost over ~300 candidates is cheap). The two heavy ones get half a CPU, the rest a
-# quarter. At the minimum (one replica each) the graph needs 1.75 CPUs, so it fits a 2-core laptop; at the maximum
-# 1.5 + 4 x 1.25 = 6.5, two of rayservice.yaml's 4-CPU worker pods: load past one pod's worth asks for another node.
+# follows the real load. Measured through POST /recommend on the graph app (`python -m bench.bench_autoscale`,
+# bench/reference/autoscale-20000u-5000i-500000e.json): CPU ms per request Ingress 25.1, Retriever 16.8, Reranker 7.3,
+# FeatureLookup 3.7, Ranker 3.6 (the ingress parses and validates the HTTP request and serialises four handle calls;
+# CatBoost over ~300 candidates is cheap). The two heavy ones get half a CPU, the rest a quarter. At the minimum (one
+# replica each) the graph needs 1.75 CPUs, so it fits a 2-core laptop; at the maximum 1.5 + 4 x 1.25 = 6.5, two of
+# rayservice.yaml's 4-CPU worker pods: load past one pod's worth asks for another node.
 DEPLOYMENT_SIZES: dict[str, float] = {
     "Ingress": 0.5,
     "Retriever": 0.5,
@@ -438,8 +438,6 @@ DEPLOYMENT_SIZES: dict[str, float] = {
     "Ranker": 0.25,
     "Reranker": 0.25,
 }
-# Fused: one replica runs every stage (about 16 ms of CPU per request through the proxy, bench/bench_serving.py).
-FUSED_SIZE = 0.5
 # Scale up within seconds of a rise, down after a minute of less load (Serve's default waits 10 minutes).
 SCALING_DELAYS: dict[str, float] = {"upscale_delay_s": 10, "downscale_delay_s": 60}
 # Stages: a stage replica runs one request at a time under its GIL (a few to 16 ms of CPU each), so more than one in
@@ -451,7 +449,7 @@ AUTOSCALING: dict[str, Any] = {
     **SCALING_DELAYS,
 }
 # The ingress holds each request for the whole pipeline (~55 ms at light load): 2 in flight is ~36 requests/s, about
-# where its ~20 ms of CPU per request fills a core.
+# where its ~25 ms of CPU per request fills a core.
 INGRESS_AUTOSCALING: dict[str, Any] = {
     "min_replicas": 1,
     "max_replicas": 3,
@@ -477,6 +475,7 @@ def stage_options(name: str) -> dict[str, Any]:
 # Fused: the whole pipeline is one replica's work (~20 ms of CPU per request here, mostly under the GIL), so one
 # replica saturates below 50 requests/s on its own; two use both cores (bench/bench_serving.py: @50 rps p50 689 ms
 # with one replica, 37 ms with two).
+FUSED_SIZE = 0.5  # what one fused replica reserves
 FUSED_AUTOSCALING: dict[str, Any] = {
     "min_replicas": 2,
     "max_replicas": 4,
