@@ -10,7 +10,7 @@ from rich.table import Table
 from recstack import db, stack
 from recstack.console import console
 from recstack.settings import get_settings
-from recstack.tables import registry
+from recstack.tables import registry, vector_sets
 
 models_app = typer.Typer(help="Trained rankers: list, promote a version, roll back.", no_args_is_help=True)
 
@@ -42,11 +42,23 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     console.print(table)
 
 
+def _say_vectors(conn, version: str) -> None:  # type: ignore[no-untyped-def]
+    """Promoting switches the vectors too, when the version has its own (recstack.tables.vector_sets)."""
+    if vector_sets.exists(conn, version):
+        console.print(f"serving the vectors and item-item weights {version} was trained with")
+    else:
+        console.print(
+            f"[yellow]{version} has no stored vectors (trained before vectors were versioned, or pruned): "
+            "the vectors serving now stay; `recstack train` stores a set with each model[/yellow]"
+        )
+
+
 @models_app.command()
 def promote(version: str = typer.Argument(..., help="A version from `recstack models list`.")) -> None:
     """Make VERSION the model serving uses (picked up without restarting the app)."""
     with _connect() as conn:
         record = registry.promote(conn, version)
+        _say_vectors(conn, record.version)
     console.print(f"promoted {record.version}")
 
 
@@ -55,4 +67,5 @@ def rollback() -> None:
     """Re-promote the model that was promoted before the current one."""
     with _connect() as conn:
         record = registry.rollback(conn)
+        _say_vectors(conn, record.version)
     console.print(f"rolled back to {record.version}")

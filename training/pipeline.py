@@ -33,7 +33,7 @@ from recstack.settings import Settings
 from recstack.stages.item_item import ItemItem
 from recstack.stages.rank import RANKER_CANDIDATE_FEATURES, model_input
 from recstack.stages.retrieve import RetrievalParams
-from recstack.tables import registry
+from recstack.tables import registry, vector_sets
 from training import dataset, protocols
 from training.batch import ensure_ray
 from training.embeddings import EmbeddingModel, train_embeddings
@@ -241,7 +241,6 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     from recstack.features.online import OnlineLookup
     from recstack.features.store import open_store
     from recstack.features.training_frames import FEATURE_SERVICE
-    from recstack.tables import neighbours
     from training import item_item
     from training.tune import run_search
     from training.vectors import load_content_matrix, update_content_vectors, write_cf_vectors
@@ -396,12 +395,14 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         )
         started = time.perf_counter()
         write_cf_vectors(conn, catalog, e2, record.version)
-        neighbours.write(conn, catalog.item_ids, ii2, record.version)
+        vector_sets.write_neighbours(conn, record.version, catalog.item_ids, ii2)
         conn.commit()
         timed("write_vectors_s", started)
-        if config.promote:
+        if config.promote:  # the ranker and its vectors go live together
             registry.promote(conn, record.version)
             conn.commit()
+        vector_sets.prune(conn)
+        conn.commit()
     return TrainReport(
         version=record.version,
         timings=timings,

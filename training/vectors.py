@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import psycopg
 
+from recstack.tables import vector_sets
 from training.embeddings import EmbeddingModel
 from training.interactions import Catalog
 
@@ -90,51 +91,26 @@ def update_content_vectors(
     return done
 
 
-def _copy_rows(conn: psycopg.Connection, table: str, columns: list[str], rows: list[tuple[object, ...]]) -> None:
-    with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
 def write_cf_vectors(conn: psycopg.Connection, catalog: Catalog, model: EmbeddingModel, version: str) -> None:
-    """Replace the collaborative vectors in one transaction (readers see the old set or the new one, never a mix)."""
+    """Store the collaborative vectors as ``version``'s set (recstack.tables.vector_sets); they serve once that
+    version is promoted, together with its ranker."""
     sync_item_rows(conn)
-    with conn.transaction():
-        conn.execute("CREATE TEMP TABLE cf_stage (item_id bigint, popularity real, cf text) ON COMMIT DROP")
-        _copy_rows(
-            conn,
-            "cf_stage",
-            ["item_id", "popularity", "cf"],
-            [
-                (
-                    int(catalog.item_ids[i]),
-                    float(model.item_popularity[i]),
-                    _vector_text(model.item[i]) if model.trained_items[i] else None,
-                )
-                for i in range(catalog.n_items)
-            ],
-        )
-        conn.execute(
-            "UPDATE item_vectors v SET cf = s.cf::vector, popularity = s.popularity, model_version = %s "
-            "FROM cf_stage s WHERE v.item_id = s.item_id",
-            (version,),
-        )
-        conn.execute("CREATE TEMP TABLE user_stage (user_id bigint, external_id text, cf text) ON COMMIT DROP")
-        _copy_rows(
-            conn,
-            "user_stage",
-            ["user_id", "external_id", "cf"],
-            [
-                (int(catalog.user_ids[u]), str(catalog.user_external[u]), _vector_text(model.user[u]))
-                for u in range(catalog.n_users)
-            ],
-        )
-        conn.execute("DELETE FROM user_vectors")
-        conn.execute(
-            "INSERT INTO user_vectors (user_id, external_id, cf, model_version) "
-            "SELECT user_id, external_id, cf::vector, %s FROM user_stage",
-            (version,),
-        )
+    vector_sets.write_vectors(
+        conn,
+        version,
+        (
+            (
+                int(catalog.item_ids[i]),
+                float(model.item_popularity[i]),
+                _vector_text(model.item[i]) if model.trained_items[i] else None,
+            )
+            for i in range(catalog.n_items)
+        ),
+        (
+            (int(catalog.user_ids[u]), str(catalog.user_external[u]), _vector_text(model.user[u]))
+            for u in range(catalog.n_users)
+        ),
+    )
 
 
 def _parse_vectors(conn: psycopg.Connection, query: str, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from recstack.tables import vector_sets
+
 if TYPE_CHECKING:  # CatBoost loads in ~1 s: only the functions that need it import it
     from catboost import CatBoostRanker
 
@@ -162,8 +164,11 @@ def list_models(conn: psycopg.Connection) -> list[ModelRecord]:
 
 
 def promote(conn: psycopg.Connection, version: str) -> ModelRecord:
+    """Make ``version`` the served model and, in the same transaction, its vectors the live ones (a model trained
+    before vectors were versioned has none stored: the live vectors stay)."""
     record = get(conn, version)
     with conn.transaction():
+        vector_sets.activate(conn, version)
         conn.execute("INSERT INTO model_promotions (version) VALUES (%s)", (version,))
     record.promoted = True
     return record

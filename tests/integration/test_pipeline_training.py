@@ -86,7 +86,7 @@ def test_item_neighbours_round_trip_through_postgres(trained_stack: Settings) ->
     from scipy import sparse
 
     from recstack.stages.item_item import ItemItem
-    from recstack.tables import neighbours
+    from recstack.tables import neighbours, vector_sets
 
     rng = np.random.default_rng(3)
     ids = np.array([11, 40, 41, 95, 300], np.int64)
@@ -94,7 +94,8 @@ def test_item_neighbours_round_trip_through_postgres(trained_stack: Settings) ->
     np.fill_diagonal(dense, 0.0)
     with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
         conn.execute("SELECT 1")  # an open transaction: write's own becomes a savepoint the rollback below undoes
-        neighbours.write(conn, ids, ItemItem(sparse.csr_matrix(dense)), "round-trip")
+        vector_sets.write_neighbours(conn, "round-trip", ids, ItemItem(sparse.csr_matrix(dense)))
+        assert vector_sets.activate(conn, "round-trip")
         assert neighbours.version(conn) == "round-trip"
         same = neighbours.load(conn, ids).weights.toarray()
         fewer = neighbours.load(conn, ids[[0, 2, 3]]).weights.toarray()  # a replica that knows three of the items
@@ -103,6 +104,76 @@ def test_item_neighbours_round_trip_through_postgres(trained_stack: Settings) ->
     np.testing.assert_array_equal(fewer, dense[np.ix_([0, 2, 3], [0, 2, 3])])
     with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
         assert neighbours.version(conn) == (trained_stack.home / "trained_version").read_text()  # left as it was
+
+
+def _live_vectors(conn: psycopg.Connection) -> dict[str, object]:
+    """What serving reads, as comparable values: every user's and item's collaborative vector and popularity, and
+    the item-item rows."""
+    return {
+        "users": conn.execute("SELECT user_id, external_id, cf::text FROM user_vectors ORDER BY user_id").fetchall(),
+        "items": conn.execute("SELECT item_id, popularity, cf::text FROM item_vectors ORDER BY item_id").fetchall(),
+        "neighbours": conn.execute(
+            "SELECT item_id, neighbour_ids, weights FROM item_neighbours ORDER BY item_id"
+        ).fetchall(),
+    }
+
+
+def test_promote_and_rollback_switch_the_vectors_with_the_model(trained_stack: Settings) -> None:
+    """A rollback restores the ranker and the vectors and item-item weights it was trained with; promoting a model
+    that has no stored set (trained before sets existed) leaves the live vectors alone."""
+    import numpy as np
+    from scipy import sparse
+
+    from recstack.stages.item_item import ItemItem
+    from recstack.tables import neighbours, vector_sets
+
+    trained = (trained_stack.home / "trained_version").read_text()
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        before = _live_vectors(conn)
+        assert vector_sets.exists(conn, trained) and neighbours.version(conn) == trained
+        record = registry.get(conn, trained)
+
+        def copy_of_trained() -> str:
+            model = registry.load_verified(conn, record)
+            return registry.register(
+                conn, model, record.features, record.params, record.metrics, record.data_window
+            ).version
+
+        retrained, unversioned = copy_of_trained(), copy_of_trained()
+        flipped = [
+            (
+                item_id,
+                popularity + 1.0,
+                None if cf is None else "[" + ",".join(str(-float(x)) for x in cf[1:-1].split(",")) + "]",
+            )
+            for item_id, popularity, cf in before["items"]  # type: ignore[attr-defined]
+        ]
+        users = [(u, e, "[" + ",".join("0.125" for _ in range(64)) + "]") for u, e, _ in before["users"]]  # type: ignore[attr-defined]
+        vector_sets.write_vectors(conn, retrained, flipped, users)
+        ids = np.array([r[0] for r in before["items"]][:20], np.int64)  # type: ignore[index]
+        vector_sets.write_neighbours(
+            conn, retrained, ids, ItemItem(sparse.csr_matrix(np.eye(20, k=1, dtype=np.float32)))
+        )
+        conn.commit()
+
+        registry.promote(conn, retrained)
+        conn.commit()
+        live = _live_vectors(conn)
+        assert neighbours.version(conn) == retrained and len(live["neighbours"]) == 19  # type: ignore[arg-type]
+        assert live["users"] == users
+        assert np.allclose([r[1] for r in live["items"]], [r[1] for r in flipped])  # type: ignore[attr-defined]
+
+        assert registry.rollback(conn).version == trained
+        conn.commit()
+        assert _live_vectors(conn) == before and neighbours.version(conn) == trained
+
+        registry.promote(conn, unversioned)  # no set of its own: what serves stays
+        conn.commit()
+        assert _live_vectors(conn) == before
+        registry.promote(conn, trained)
+        dropped = vector_sets.prune(conn, keep=1)  # keeps the newest model's, the latest promotion's and the live set
+        conn.commit()
+        assert retrained in dropped and trained not in dropped and vector_sets.exists(conn, trained)
 
 
 def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
