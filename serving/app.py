@@ -94,7 +94,6 @@ class Backend:
 
     async def ready(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
-        from recstack import stack
 
         for name, check in (("postgres", stack.check_postgres), ("redis", stack.check_redis)):
             try:
@@ -386,10 +385,14 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         ok = checks.get("model") == "loaded" and all(v == "ok" for k, v in checks.items() if k != "model")
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
 
+    metrics_store = stack.redis_client(settings)  # connects on first use
+
     @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
-        """Prometheus metrics: stage latencies, fallbacks, degraded responses, model version."""
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        """Prometheus metrics of every live replica (label ``replica``): stage latencies, fallbacks, degraded
+        responses, model version."""
+        body = await asyncio.to_thread(metrics.render, metrics_store)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     return api
 
@@ -484,16 +487,18 @@ FUSED_AUTOSCALING: dict[str, Any] = {
 }
 
 
-def replica_setup() -> None:
-    """First thing in every deployment's constructor: math libraries on one thread, loopback-only on a laptop."""
+def replica_setup(role: str) -> None:
+    """First thing in every deployment's constructor: math libraries on one thread, loopback-only on a laptop, and
+    this replica's metrics published for every replica's /metrics (serving/metrics.py)."""
     limit_math_threads()
     ray_runtime.bind_replica_servers_to_loopback()
+    metrics.start_publishing(role, lambda: stack.redis_client(get_settings()))
 
 
 @serve.deployment(**stage_options("Retriever"))
 class RetrieverDeployment:
     def __init__(self) -> None:
-        replica_setup()
+        replica_setup("Retriever")
         self.stage = Retriever(get_settings())
 
     def retrieve(self, *args: Any) -> Any:
@@ -512,7 +517,7 @@ class RetrieverDeployment:
 @serve.deployment(**stage_options("FeatureLookup"))
 class LookupDeployment:
     def __init__(self) -> None:
-        replica_setup()
+        replica_setup("FeatureLookup")
         self.stage = FeatureLookup(get_settings())
 
     def lookup(self, *args: Any) -> Any:
@@ -525,7 +530,7 @@ class LookupDeployment:
 @serve.deployment(**stage_options("Ranker"))
 class RankerDeployment:
     def __init__(self) -> None:
-        replica_setup()
+        replica_setup("Ranker")
         self.stage = Ranker(get_settings())
 
     def rank(self, *args: Any) -> Any:
@@ -541,7 +546,7 @@ class RankerDeployment:
 @serve.deployment(**stage_options("Reranker"))
 class RerankerDeployment:
     def __init__(self) -> None:
-        replica_setup()
+        replica_setup("Reranker")
         self.stage = Reranker()
 
     def rerank(self, *args: Any) -> Any:
@@ -578,7 +583,7 @@ class Ingress:
     """HTTP ingress. With stage handles (graph mode) it calls them; without, it runs the stages in-process."""
 
     def __init__(self, config: dict[str, Any], *handles: Any) -> None:
-        replica_setup()
+        replica_setup("Ingress")
         settings = get_settings()
         app_config = AppConfig.model_validate(config)
         if handles:

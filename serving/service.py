@@ -241,7 +241,10 @@ class Ranker:
     def promoted(self) -> str | None:
         if time.monotonic() - self._checked > MODEL_CHECK_S:
             with self.pool.connection() as conn:
-                self._promoted = registry.promoted_version(conn)
+                promoted = registry.promoted_version(conn)
+            if promoted is not None and promoted != self._promoted:
+                metrics.MODEL_INFO.info({"version": promoted})  # a rollback to a cached model shows too
+            self._promoted = promoted
             self._checked = time.monotonic()
         return self._promoted
 
@@ -260,7 +263,6 @@ class Ranker:
                     record.params.get("categorical", []),
                     record.params.get("order_by"),
                 )
-                metrics.MODEL_INFO.info({"version": version})
         model, features, categorical, order_by = self._models[version]
         return version, model, features, categorical, order_by
 
@@ -366,20 +368,62 @@ def limit_math_threads() -> None:
     threadpool_limits(1)
 
 
-def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Ranker, reranker: Reranker) -> Callers:
-    def threaded(fn: Callable[..., Any]) -> Caller:
+# In-process stages run on threads (the stage code blocks: psycopg, redis-py, numpy, CatBoost). Each stage has its
+# own few threads, so work that outlives its deadline (a hung store: its calls end at the clients' socket and
+# statement timeouts, RECSTACK_CONNECT_TIMEOUT_S, seconds after the stage deadline) holds only that stage's threads,
+# never the other stages' or the popular fallback's. A call still queued when its caller gives up is cancelled before
+# it starts; once every thread of a stage runs abandoned work, a new call is refused at once (StageBusy: the request
+# is answered degraded now) instead of waiting seconds in the queue behind it.
+STAGE_THREADS = 4
+
+
+class StageBusy(RuntimeError):
+    """Every thread of an in-process stage is still running work whose caller gave up at its deadline."""
+
+
+class StagePool:
+    """One stage's threads, with the count of calls still running after their caller stopped waiting."""
+
+    def __init__(self, name: str, threads: int = STAGE_THREADS) -> None:
+        self.name, self.threads = name, threads
+        self.executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"stage-{name}")
+        self.abandoned = 0
+        self._lock = threading.Lock()
+
+    def _released(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self.abandoned -= 1
+
+    def caller(self, fn: Callable[..., Any]) -> Caller:
         async def call(*args: Any) -> Any:
-            return await asyncio.to_thread(fn, *args)
+            with self._lock:
+                if self.abandoned >= self.threads:
+                    metrics.FALLBACKS.labels(f"{self.name}_busy").inc()
+                    raise StageBusy(f"{self.name}: every thread still runs work past its deadline")
+            future = self.executor.submit(fn, *args)
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                if not future.cancel():  # already running: it ends on its own, holding its thread until then
+                    with self._lock:
+                        self.abandoned += 1
+                    future.add_done_callback(self._released)
+                raise
 
         return call
 
+
+def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Ranker, reranker: Reranker) -> Callers:
+    def threaded(name: str, fn: Callable[..., Any]) -> Caller:
+        return StagePool(name).caller(fn)
+
     return Callers(
-        threaded(retriever.retrieve),
-        threaded(retriever.popular),
-        threaded(lookup.lookup),
-        threaded(ranker.rank),
-        threaded(reranker.rerank),
-        threaded(ranker.explain),
+        threaded("retrieve", retriever.retrieve),
+        threaded("popular", retriever.popular),
+        threaded("lookup", lookup.lookup),
+        threaded("rank", ranker.rank),
+        threaded("rerank", reranker.rerank),
+        threaded("explain", ranker.explain),
     )
 
 

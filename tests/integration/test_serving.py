@@ -103,14 +103,41 @@ def test_endpoints_answer(api: str, trained_stack: Settings) -> None:
     assert similar.status_code == 200 and 1 <= len(similar.json()["items"]) <= 5
     assert first not in {i["item_id"] for i in similar.json()["items"]}
     assert requests.get(f"{api}/items/no-such-item/similar", timeout=10).status_code == 404
-    metrics = requests.get(f"{api}/metrics", timeout=10).text
-    assert 'recstack_stage_seconds_count{stage="rank"}' in metrics or "recstack_request_seconds" in metrics
     assert requests.get(f"{api}/docs", timeout=10).status_code == 200
     assert "/recommend" in requests.get(f"{api}/openapi.json", timeout=10).json()["paths"]
     with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
         time.sleep(0.5)
         logged = conn.execute("SELECT item_ids FROM impressions WHERE request_id = %s", (slate["request_id"],))
         assert logged.fetchone() == ([i["item_id"] for i in slate["items"]],)
+
+
+def test_one_scrape_of_metrics_shows_every_replica_of_the_graph(api: str, trained_stack: Settings) -> None:
+    """The ingress's /metrics holds the Ranker replica's model version and the Retriever's and ingress's series,
+    each labelled with its replica (replicas publish every few seconds, serving/metrics.py)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    version = (trained_stack.home / "trained_version").read_text()
+    recommend(api, "u0000009")
+    deadline = time.monotonic() + 60
+    while True:
+        text = requests.get(f"{api}/metrics", timeout=10).text
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        ranker_versions = {
+            s.labels.get("version")
+            for s in samples
+            if s.name == "recstack_model_info" and s.labels["replica"].startswith("Ranker-")
+        }
+        roles = {s.labels["replica"].split("-", 1)[0] for s in samples}
+        answered = [
+            s
+            for s in samples
+            if s.name == "recstack_responses_total" and s.labels["endpoint"] == "/recommend" and s.value > 0
+        ]
+        if version in ranker_versions and {"Ingress", "Retriever", "Ranker"} <= roles and answered:
+            break
+        assert time.monotonic() < deadline, f"not every replica on /metrics: {sorted(roles)}, {ranker_versions}"
+        time.sleep(2)
+    assert all(s.labels["replica"].startswith("Ingress-") for s in answered)
 
 
 def test_experiment_assignment_is_stable_and_reported(api: str, trained_stack: Settings) -> None:

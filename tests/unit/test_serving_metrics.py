@@ -1,0 +1,72 @@
+"""/metrics is whole across replicas: every live replica's snapshot, each series labelled with its replica."""
+
+from __future__ import annotations
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving import metrics
+
+
+def _replica_text(responses: int, version: str) -> str:
+    """The snapshot another replica would publish."""
+    registry = CollectorRegistry()
+    Counter("recstack_responses_total", "HTTP responses", ["endpoint", "status"], registry=registry).labels(
+        "/recommend", "200"
+    ).inc(responses)
+    Info("recstack_model", "model", registry=registry).info({"version": version})
+    return generate_latest(registry).decode()
+
+
+def _samples(text: bytes, name: str) -> dict[str, dict[str, str]]:
+    return {
+        s.labels["replica"]: {**s.labels, "value": str(s.value)}
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+        if s.name == name
+    }
+
+
+class FakeRedis:
+    def __init__(self, values: dict[str, str], fail: bool = False) -> None:
+        self.values, self.fail = values, fail
+
+    def scan_iter(self, match: str, count: int) -> list[bytes]:
+        if self.fail:
+            raise redis.ConnectionError("down")
+        prefix = match.rstrip("*")
+        return [k.encode() for k in self.values if k.startswith(prefix)]
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.values.get(key.decode())
+        return value.encode() if value is not None else None
+
+
+def test_a_scrape_shows_every_replicas_series_labelled_by_replica() -> None:
+    merged = metrics.merge({"Ingress-a-1": _replica_text(3, "v1"), "Ranker-b-2": _replica_text(5, "v2")})
+    responses = _samples(merged, "recstack_responses_total")
+    assert {r: v["value"] for r, v in responses.items()} == {"Ingress-a-1": "3.0", "Ranker-b-2": "5.0"}
+    versions = _samples(merged, "recstack_model_info")
+    assert {r: v["version"] for r, v in versions.items()} == {"Ingress-a-1": "v1", "Ranker-b-2": "v2"}
+
+
+def test_render_adds_the_published_replicas_to_its_own_current_series() -> None:
+    metrics.FEEDBACK.labels("stored").inc()
+    own = metrics.replica_name()
+    client = FakeRedis(
+        {
+            metrics.KEY_PREFIX + "Ranker-b-2": _replica_text(5, "v2"),
+            metrics.KEY_PREFIX + own: _replica_text(99, "stale"),  # its own old snapshot: the live one wins
+        }
+    )
+    merged = metrics.render(client)  # type: ignore[arg-type]
+    versions = _samples(merged, "recstack_model_info")
+    assert versions["Ranker-b-2"]["version"] == "v2" and versions.get(own, {}).get("version") != "stale"
+    assert own in _samples(merged, "recstack_feedback_events_total")
+
+
+def test_render_without_redis_is_this_replicas_series_alone() -> None:
+    metrics.FEEDBACK.labels("stored").inc()
+    merged = metrics.render(FakeRedis({}, fail=True))  # type: ignore[arg-type]
+    assert set(_samples(merged, "recstack_feedback_events_total")) == {metrics.replica_name()}
