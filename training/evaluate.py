@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psycopg
 
-from recstack import stack
+from recstack import db, stack
 from recstack.settings import Settings
 from recstack.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
 from recstack.stages.retrieve import RetrievalParams
@@ -116,7 +115,7 @@ def ranked_candidates(
     if order_by:  # the ranker did not beat this source on held-out groups: serving orders by it
         frame["score"] = dataset.as_served(frame, frame[order_by].to_numpy(np.float64))
         return frame
-    with psycopg.connect(stack.postgres_dsn(settings)) as conn:
+    with db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s) as conn:
         model = registry.load_verified(conn, record)
     categorical = record.params.get("categorical", [])
     frame["score"] = dataset.as_served(frame, model.predict(model_input(frame, record.features, categorical)))
@@ -170,7 +169,7 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     step = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with psycopg.connect(stack.postgres_dsn(settings)) as conn:
+    with db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s) as conn:
         version = cfg.version or registry.promoted_version(conn)
         if version is None:
             raise registry.RegistryError("no promoted model: run `recstack train` first")

@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psycopg
 
-from recstack import stack
+from recstack import db, stack
 from recstack.settings import Settings
 from recstack.stages.item_item import ItemItem
 from recstack.stages.rank import RANKER_CANDIDATE_FEATURES, model_input
@@ -255,7 +254,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     require_pass(settings, TRAIN_SUITES, force=config.force)
     ensure_ray()  # Tune's trials and the feature-join chunks run as Ray tasks (a cluster with RAY_ADDRESS)
     dsn = stack.postgres_dsn(settings)
-    with psycopg.connect(dsn) as conn:
+    with db.connect(dsn, settings.connect_timeout_s) as conn:
         started = time.perf_counter()
         catalog = load_catalog(conn)
         events = load_interactions(conn, catalog)
@@ -372,7 +371,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         "last_event": datetime.fromtimestamp(int(events.ts.max()), UTC).isoformat(),
         "served_vectors_saw": "every event",
     }
-    with psycopg.connect(dsn) as conn:
+    with db.connect(dsn, settings.connect_timeout_s) as conn:
         record = registry.register(
             conn,
             model,

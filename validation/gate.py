@@ -11,10 +11,9 @@ from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
-import psycopg
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from recstack import stack
+from recstack import db, stack
 from recstack.console import err_console
 from recstack.settings import Settings
 from validation.errors import ValidationFailed
@@ -54,7 +53,7 @@ def _describe(result: Any, metric: bool = False) -> str:
 
 
 def _existing_tables(dsn: str, timeout_s: float) -> set[str]:
-    with psycopg.connect(dsn, connect_timeout=max(1, round(timeout_s))) as conn:
+    with db.connect(dsn, timeout_s) as conn:
         return {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
 
@@ -98,7 +97,7 @@ def offending_rows(dsn: str, timeout_s: float, spec: SuiteSpec, metric: str, lim
     """Up to ``limit`` rows that a row-counting metric of ``spec`` counted, as ``column=value, ...`` lines."""
     condition = spec.row_conditions[metric]
     query = f"SELECT {spec.row_columns} FROM {spec.rows_from} WHERE {condition} LIMIT %s"  # noqa: S608 (constants)
-    with psycopg.connect(dsn, connect_timeout=max(1, round(timeout_s))) as conn:
+    with db.connect(dsn, timeout_s) as conn:
         cursor = conn.execute(query, (limit,))
         names = [column.name for column in cursor.description or []]
         return [", ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from recstack import stack
+from recstack import db, stack
 from recstack.features.store import open_store
 from recstack.settings import Settings
 from recstack.tables import history
@@ -71,7 +71,7 @@ def materialize(settings: Settings, full: bool = False) -> list[MaterializeResul
     end = datetime.now(UTC)
     start_all = end
     results = []
-    with psycopg.connect(stack.postgres_dsn(settings), autocommit=True) as conn:
+    with db.connect(stack.postgres_dsn(settings), settings.connect_timeout_s, autocommit=True) as conn:
         for view_name in VIEW_TABLES:
             view = store.get_feature_view(view_name)
             intervals = view.materialization_intervals
