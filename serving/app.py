@@ -406,7 +406,8 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
-        """Prometheus metrics: stage latencies, fallbacks, degraded responses, model version."""
+        """Prometheus metrics: stage latencies, fallbacks, degraded responses, result cache hits and misses, model
+        version."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return api

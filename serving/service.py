@@ -463,8 +463,8 @@ class Recommender:
             async def check() -> None:
                 try:
                     self._promoted = await asyncio.wait_for(promoted(), timeout=2 * self.deadline_s)
-                except Exception as err:
-                    log.warning("promoted model version not re-read (%s)", err)
+                except Exception as err:  # the Ranker's own failures are what degrade answers; retried in 5 s
+                    log.debug("promoted model version not re-read (%s)", err)
 
             self._promoted_check = asyncio.get_running_loop().create_task(check())
 
