@@ -5,6 +5,7 @@ Needs a stack with data, features materialized and a promoted model (`recstack d
 scale steps). Usage (with the stack's RECSTACK_* environment):
 
     python -m bench.bench_serving [--rates 25 50 100] [--seconds 20] [--modes fused fused-direct graph]
+        [--cache off on] [--users 2000]
 
 Open-loop load: requests start on a fixed schedule whatever the answers do (no coordinated omission), from one
 asyncio client in this process. Writes bench/results/serving.json.
@@ -13,6 +14,11 @@ Modes: ``fused`` and ``graph`` go through Serve's HTTP proxy, as `recstack serve
 requests to the ingress replicas' own HTTP servers instead (Ray Serve's direct ingress, on with
 RAY_SERVE_THROUGHPUT_OPTIMIZED; the targets come from Serve's target groups, what a cluster load balancer is given),
 spread round robin by the client: the proxy hop is skipped, as behind a load balancer in production.
+
+Result cache: each mode runs without it (``off``: RECSTACK_RESULT_CACHE_TTL_S=0) and with it (``on``: the configured
+TTL, 30 s by default); rows with the cache are named ``<mode>+cache`` and carry the hit rate the client saw (answers
+with ``cached: true`` among the 200s). The hit rate follows from the load, not from the cache: requests pick a random
+user of ``--users`` sampled ones, so fewer users (or a longer run at a higher rate) repeat more requests within the TTL.
 """
 
 from __future__ import annotations
@@ -46,12 +52,14 @@ async def constant_rate(urls: list[str], users: list[str], rate: float, seconds:
     for answer in answers:
         statuses[answer.status] = statuses.get(answer.status, 0) + 1
     answered = [a.latency_s for a in answers if a.status]
+    ok = [a for a in answers if a.status == 200]
     return {
         **(percentiles_ms(answered) if answered else {}),
         "requests": len(answers),
         "achieved_rps": round(len(answers) / (time.monotonic() - t0), 1),
         "statuses": statuses,
         "degraded": sum(a.degraded for a in answers),
+        "cache_hit_rate": round(sum(a.cached for a in ok) / len(ok), 3) if ok else None,
     }
 
 
@@ -60,7 +68,8 @@ def in_process_p50(users: list[str], n: int = 300) -> dict[str, float]:
     from serving.app import AppConfig, local_backend
     from serving.schemas import RecommendRequest
 
-    recommender = local_backend(get_settings(), AppConfig(deadline_ms=5000)).recommender
+    settings = get_settings().model_copy(update={"result_cache_ttl_s": 0})  # the stages' floor, not the cache's
+    recommender = local_backend(settings, AppConfig(deadline_ms=5000)).recommender
 
     async def run() -> list[float]:
         out = []
@@ -135,28 +144,44 @@ def main() -> None:
         help='graph | fused, optionally with "-direct" (skip the proxy) and "-tp" or "-default" (force '
         "RAY_SERVE_THROUGHPUT_OPTIMIZED on or off)",
     )
+    parser.add_argument(
+        "--cache",
+        nargs="+",
+        choices=["off", "on"],
+        default=["off", "on"],
+        help="run each mode without the result cache (TTL 0) and/or with it (the configured TTL)",
+    )
+    parser.add_argument("--users", type=int, default=2000, help="users sampled; each request picks one at random")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    users = sample_users(2000)
+    users = sample_users(args.users)
     figures: dict[str, object] = {"users_sampled": len(users), "in_process": in_process_p50(users)}
+    import os
+
+    import ray
     from ray import serve
 
+    ttl = get_settings().result_cache_ttl_s
     for mode in args.modes:
-        urls = serve_mode(mode, free_port())
-        figures[f"{mode}_targets"] = len(urls)
-        asyncio.run(constant_rate(urls, users, 10, 5))  # warm-up
-        best = None
-        for rate in args.rates:
-            result = asyncio.run(constant_rate(urls, users, rate, args.seconds))
-            figures[f"{mode}@{rate:g}rps"] = result
-            if float(result["p99"]) < 100:  # type: ignore[arg-type]
-                best = rate
-        figures[f"{mode}_highest_rate_p99_under_100ms"] = best
-        serve.delete("recstack")
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
+        for cache in args.cache:
+            # Replicas read their settings from the environment of the Ray started below.
+            os.environ["RECSTACK_RESULT_CACHE_TTL_S"] = str(ttl if cache == "on" else 0)
+            name = f"{mode}+cache" if cache == "on" else mode
+            figures[f"{name}_result_cache_ttl_s"] = ttl if cache == "on" else 0
+            urls = serve_mode(mode, free_port())
+            figures[f"{name}_targets"] = len(urls)
+            asyncio.run(constant_rate(urls, users, 10, 5))  # warm-up
+            best = None
+            for rate in args.rates:
+                result = asyncio.run(constant_rate(urls, users, rate, args.seconds))
+                figures[f"{name}@{rate:g}rps"] = result
+                print(f"{name}@{rate:g}rps {result}", flush=True)
+                if float(result["p99"]) < 100:  # type: ignore[arg-type]
+                    best = rate
+            figures[f"{name}_highest_rate_p99_under_100ms"] = best
+            serve.delete("recstack")
+            serve.shutdown()
+            ray.shutdown()
     report(figures, args.out)
     print(f"figures in {args.out}")
 

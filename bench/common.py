@@ -53,6 +53,7 @@ class Answer(NamedTuple):
     latency_s: float
     status: int  # 0: no HTTP answer (timeout, connection error)
     degraded: bool
+    cached: bool = False  # answered from the result cache
 
 
 async def open_loop(
@@ -81,7 +82,8 @@ async def open_loop(
             except ValueError:
                 body = None
             degraded = bool(isinstance(body, dict) and body.get("degraded"))
-            answers.append(Answer(sent - t0, latency, status, degraded))
+            cached = bool(isinstance(body, dict) and body.get("cached"))
+            answers.append(Answer(sent - t0, latency, status, degraded, cached))
 
         tasks: list[asyncio.Task[None]] = []
         start = time.monotonic()

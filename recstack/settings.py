@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(default=None, description="When set, every endpoint but health needs X-API-Key.")
     stage_deadline_ms: float = Field(default=150, gt=0, le=10_000, description="Per-stage deadline when serving.")
+    result_cache_ttl_s: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="How long a served slate is reused for the same user and request shape (serving/result_cache.py); "
+        "the user's next event ends it sooner. 0 turns the cache off.",
+    )
     feature_repo: Path = Field(
         default_factory=lambda: Path(__file__).resolve().parents[1] / "feature_repo",
         description="The Feast repository (feature_store.yaml and definitions).",

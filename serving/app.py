@@ -30,6 +30,7 @@ from recstack.stages.item_item import UserHistory
 from recstack.stages.rerank import RerankParams
 from serving import metrics
 from serving.experiments import Experiment
+from serving.result_cache import ResultCache, invalidate
 from serving.schemas import (
     MAX_BODY_BYTES,
     PRINTABLE,
@@ -81,7 +82,8 @@ class Backend:
     ) -> None:
         self.settings = settings
         deadline = (config.deadline_ms or settings.stage_deadline_ms) / 1000
-        self.recommender = Recommender(callers, deadline, config.experiments, config.rerank)
+        cache = ResultCache(settings) if settings.result_cache_ttl_s > 0 else None
+        self.recommender = Recommender(callers, deadline, config.experiments, config.rerank, cache)
         self.retriever, self.ranker, self.lookup = retriever, ranker, lookup
         self._feedback: Any = None
         self.impressions = ImpressionLog(self.feedback_sink)
@@ -201,6 +203,8 @@ class FeedbackSink:
                 metrics.FALLBACKS.labels("feedback_push_failed").inc()
         if result.created and result.history is not None:
             self.merge_history(event.user_id, result.history)
+        if result.created and self.settings.result_cache_ttl_s > 0:
+            self.drop_cached_slates(event.user_id)
         status: Literal["created", "duplicate"] = "created" if result.created else "duplicate"
         metrics.FEEDBACK.labels(status).inc()
         return FeedbackResult(event_id=event.event_id, status=status)
@@ -218,6 +222,20 @@ class FeedbackSink:
                 self.redis.delete(history.key(user_id))
             except Exception as err:
                 log.warning("history of %s may be stale until its next event or materialize (%s)", user_id, err)
+
+    def drop_cached_slates(self, user_id: str) -> None:
+        """After the event reached the real-time state and the history: the user's cached slates are misses from now
+        on (serving/result_cache.py). If Redis fails here, they may be served until they expire (the cache's TTL)."""
+        try:
+            run_with_timeout(lambda: invalidate(self.redis, user_id), self.settings.connect_timeout_s)
+        except Exception as err:
+            metrics.FALLBACKS.labels("result_cache_invalidate_failed").inc()
+            log.warning(
+                "cached slates of %s may be served for up to %d s more (%s)",
+                user_id,
+                self.settings.result_cache_ttl_s,
+                err,
+            )
 
     def log_impressions(self, rows: list[tuple[Any, ...]]) -> None:
         """(request_id, user_id, experiment, variant, model_version, item_ids, degraded) rows in one transaction."""
@@ -390,7 +408,7 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
     @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         """Prometheus metrics of every live replica (label ``replica``): stage latencies, fallbacks, degraded
-        responses, model version."""
+        responses, result cache hits and misses, model version."""
         body = await asyncio.to_thread(metrics.render, metrics_store)
         return Response(body, media_type="text/plain; version=0.0.4")
 
@@ -539,6 +557,9 @@ class RankerDeployment:
     def explain(self, *args: Any) -> Any:
         return self.stage.explain(*args)
 
+    def promoted_version(self) -> str | None:
+        return self.stage.promoted_version()
+
     def ready(self) -> bool:
         return self.stage.ready()
 
@@ -567,6 +588,7 @@ def _handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> 
         via(ranker.rank),
         via(reranker.rerank),
         via(ranker.explain),
+        via(ranker.promoted_version),
     )
 
 

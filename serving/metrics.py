@@ -37,6 +37,13 @@ RESPONSES = Counter("recstack_responses_total", "HTTP responses", ["endpoint", "
 FALLBACKS = Counter("recstack_fallbacks_total", "Stage fallbacks taken", ["kind"], registry=REGISTRY)
 DEGRADED = Counter("recstack_degraded_responses_total", "Recommendations answered degraded", registry=REGISTRY)
 FEEDBACK = Counter("recstack_feedback_events_total", "Feedback events", ["status"], registry=REGISTRY)
+# Hit rate = hits / (hits + misses); a Redis error on the cache path counts as a miss (and as a fallback).
+RESULT_CACHE_HITS = Counter(
+    "recstack_result_cache_hits", "Recommendations answered from the result cache", registry=REGISTRY
+)
+RESULT_CACHE_MISSES = Counter(
+    "recstack_result_cache_misses", "Result cache lookups that found no usable slate", registry=REGISTRY
+)
 MODEL_INFO = Info("recstack_model", "The promoted ranker version this replica serves", registry=REGISTRY)
 
 KEY_PREFIX = "recstack:metrics:"

@@ -168,6 +168,11 @@ class RecommendResponse(BaseModel):
     model_version: str | None
     experiment: ExperimentAssignment | None
     degraded: bool
+    cached: bool = Field(
+        default=False,
+        description="The slate served to the same user for the same request shape a few seconds ago (result cache); "
+        "it is logged as a new impression under this request_id.",
+    )
 
 
 class FeedbackEvent(StrictModel):

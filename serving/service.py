@@ -6,6 +6,8 @@ floor) a caller runs the stage method in a worker thread; in graph mode it is a 
 each stage has a deadline, and a failing or late stage degrades the answer instead of failing it:
   * retrieval fails -> popular items (cached), degraded;
   * feature lookup or ranking fails -> retrieval order, degraded.
+Before any stage, the result cache (serving/result_cache.py) may answer with the slate the same request shape got a
+few seconds ago; in both serve modes that lookup is here, in the orchestration, and nowhere else.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from recstack.stages.retrieve import (
 from recstack.tables import history, registry
 from serving import metrics
 from serving.experiments import Experiment, assign
+from serving.result_cache import ResultCache, shape_of
 from serving.schemas import (
     ExperimentAssignment,
     RecommendedItem,
@@ -312,6 +315,10 @@ class Ranker:
     def ready(self) -> bool:
         return self.model(None) is not None
 
+    def promoted_version(self) -> str | None:
+        """The promoted version as this replica sees it (re-read every few seconds): the result cache's key has it."""
+        return self.promoted()
+
 
 class Reranker:
     def rerank(
@@ -357,6 +364,7 @@ class Callers:
     rank: Caller
     rerank: Caller
     explain: Caller
+    promoted: Caller | None = None  # the promoted model version (the result cache's key); None: no cache key has it
 
 
 def limit_math_threads() -> None:
@@ -424,6 +432,7 @@ def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Rank
         threaded("rank", ranker.rank),
         threaded("rerank", reranker.rerank),
         threaded("explain", ranker.explain),
+        threaded("promoted", ranker.promoted_version),
     )
 
 
@@ -436,14 +445,19 @@ class Recommender:
         deadline_s: float,
         experiments: list[Experiment] | None = None,
         rerank_params: RerankParams | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.callers = callers
         self.deadline_s = deadline_s
         self.experiments = experiments or []
         self.rerank_params = rerank_params or RerankParams()
+        self.cache = cache
         self._popular: CandidateSet | None = None
         self._popular_at = 0.0
         self._refresh: asyncio.Task[Any] | None = None
+        self._promoted: str | None = None
+        self._promoted_at = -float("inf")
+        self._promoted_check: asyncio.Task[Any] | None = None
 
     async def _stage(self, name: str, call: Caller, *args: Any, deadline: float | None = None) -> Any:
         started = time.perf_counter()
@@ -482,7 +496,25 @@ class Recommender:
 
             self._refresh = asyncio.get_running_loop().create_task(refresh())
 
+    def _keep_promoted_fresh(self) -> None:
+        """Re-read the promoted model version in the background every few seconds (the Ranker re-reads it as often):
+        a promote or rollback changes the result cache's keys, so slates of the previous model stop being served."""
+        due = time.monotonic() - self._promoted_at >= MODEL_CHECK_S
+        if due and self.callers.promoted and (self._promoted_check is None or self._promoted_check.done()):
+            self._promoted_at = time.monotonic()
+            promoted = self.callers.promoted
+
+            async def check() -> None:
+                try:
+                    self._promoted = await asyncio.wait_for(promoted(), timeout=2 * self.deadline_s)
+                except Exception as err:  # the Ranker's own failures are what degrade answers; retried in 5 s
+                    log.debug("promoted model version not re-read (%s)", err)
+
+            self._promoted_check = asyncio.get_running_loop().create_task(check())
+
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """The slate for ``req``: from the result cache when the same shape was answered moments ago (``cached``),
+        else through the stages; a fresh answer that is not degraded is cached."""
         request_id = uuid.uuid4().hex
         variant, experiment = None, None
         rerank_params, version = self.rerank_params, None
@@ -492,6 +524,40 @@ class Recommender:
             rerank_params, version = variant.rerank, variant.model_version
         if req.rerank is not None:
             rerank_params = _with_overrides(rerank_params, req.rerank)
+        if self.cache is None:
+            return await self._recommend(req, request_id, experiment, variant, rerank_params, version)
+        if version is None:
+            self._keep_promoted_fresh()
+        shape = shape_of(
+            k=req.k,
+            domain=req.domain,
+            categories=sorted(req.filters.categories or []) if req.filters else [],
+            providers=sorted(req.filters.providers or []) if req.filters else [],
+            exclude=sorted(set(req.exclude_item_ids)),
+            explain=req.explain,
+            context=req.context.model_dump(mode="json") if req.context else None,
+            experiment=[experiment.name, variant.name] if experiment and variant else None,
+            rerank=rerank_params.model_dump(mode="json"),
+            model=version or self._promoted,
+        )
+        seen = await self.cache.get(req.user_id, shape)
+        if seen is not None and seen.response is not None:
+            return seen.response.model_copy(update={"request_id": request_id, "cached": True})
+        response = await self._recommend(req, request_id, experiment, variant, rerank_params, version)
+        if seen is not None:
+            await self.cache.put(req.user_id, shape, seen, response)
+        return response
+
+    async def _recommend(
+        self,
+        req: RecommendRequest,
+        request_id: str,
+        experiment: Experiment | None,
+        variant: Any,
+        rerank_params: RerankParams,
+        version: str | None,
+    ) -> RecommendResponse:
+        """retrieve -> lookup -> rank -> rerank (-> explain), each with its deadline and fallback."""
         filters = Filters(
             domain=req.domain,
             categories=list(req.filters.categories or []) if req.filters else [],

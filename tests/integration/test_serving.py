@@ -140,6 +140,40 @@ def test_one_scrape_of_metrics_shows_every_replica_of_the_graph(api: str, traine
     assert all(s.labels["replica"].startswith("Ingress-") for s in answered)
 
 
+def metric(url: str, name: str) -> float:
+    """``name`` summed over the replicas /metrics shows."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def test_a_repeated_request_is_served_from_the_result_cache_until_the_users_next_event(
+    api: str, trained_stack: Settings
+) -> None:
+    user = "u0000041"
+    hits = metric(api, "recstack_result_cache_hits_total")
+    first = recommend(api, user, k=7)
+    again = recommend(api, user, k=7)
+    assert not first["cached"] and again["cached"] and not again["degraded"]
+    assert again["items"] == first["items"] and again["model_version"] == first["model_version"]
+    assert again["request_id"] != first["request_id"]
+    assert not recommend(api, user, k=8)["cached"]  # another request shape
+    assert not recommend(api, user, k=7, rerank={"mmr_lambda": 1.0})["cached"]
+    assert not recommend(api, "u0000042", k=7)["cached"]  # another user
+    assert metric(api, "recstack_result_cache_hits_total") == hits + 1
+    assert metric(api, "recstack_result_cache_misses_total") >= 4
+    time.sleep(0.5)  # impressions are written in batches every 100 ms
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        logged = conn.execute("SELECT item_ids FROM impressions WHERE request_id = %s", (again["request_id"],))
+        assert logged.fetchone() == ([i["item_id"] for i in again["items"]],)  # the cached answer's impression
+    assert feedback(api, "probe-cache-1", user, first["items"][0]["item_id"], "like").status_code == 200
+    after = recommend(api, user, k=7)
+    assert not after["cached"]  # the user's event ended the cached slate
+    assert first["items"][0]["item_id"] not in {i["item_id"] for i in after["items"]}  # liked: seen
+    assert recommend(api, user, k=7)["cached"]  # and the fresh answer is cached in its turn
+
+
 def test_experiment_assignment_is_stable_and_reported(api: str, trained_stack: Settings) -> None:
     from serving.experiments import bucket
 
@@ -255,7 +289,8 @@ def test_a_users_history_is_read_from_redis_kept_by_feedback_and_rebuilt_from_po
         assert merged is not None and pk in merged.items and len(merged) == len(stored) + 1
         assert top not in {i["item_id"] for i in recommend(api, user, k=50)["items"]}
         client.delete(history.key(user))  # e.g. evicted, or Redis restarted empty
-        assert top not in {i["item_id"] for i in recommend(api, user, k=50)["items"]}
+        # k=49: another request shape, so the result cache does not answer in place of retrieval
+        assert top not in {i["item_id"] for i in recommend(api, user, k=49)["items"]}
         refilled = history.read(client, user)
         assert refilled is not None and pk in refilled.items
 
@@ -484,13 +519,17 @@ def _replica(deployment: str) -> Any:
     raise AssertionError(f"no live {deployment} replica")
 
 
-def test_a_dead_ranker_replica_does_not_stop_answers(api: str) -> None:
+def test_a_dead_ranker_replica_does_not_stop_answers(api: str, trained_stack: Settings) -> None:
     import ray
 
+    from serving.result_cache import invalidate
+
+    client = stack.redis_client(trained_stack)
     assert not recommend(api, "u0000004")["degraded"]
     ray.kill(_replica("Ranker"), no_restart=True)  # Serve's controller notices and starts a new replica
     deadline = time.monotonic() + 120
     while True:
+        invalidate(client, "u0000004")  # each answer through the stages, not the result cache
         slate = recommend(api, "u0000004")  # asserts HTTP 200
         assert len(slate["items"]) == 10
         if not slate["degraded"]:

@@ -19,7 +19,9 @@ def _stages(hang: threading.Event) -> Any:
         hang.wait(10)  # a store that stopped answering (bounded here as by the clients' timeouts)
         return "candidates"
 
-    quick = SimpleNamespace(lookup=lambda *_: "features", rank=lambda *_: "scores", explain=lambda *_: [])
+    quick = SimpleNamespace(
+        lookup=lambda *_: "features", rank=lambda *_: "scores", explain=lambda *_: [], promoted_version=lambda: "v1"
+    )
     retriever = SimpleNamespace(retrieve=retrieve, popular=lambda *_: "popular")
     return in_process_callers(retriever, quick, quick, SimpleNamespace(rerank=lambda *_: [0]))  # type: ignore[arg-type]
 
