@@ -165,6 +165,8 @@ def load_catalog(conn: psycopg.Connection) -> Catalog:
 # Each event with the request context it came with: the context serving logged with the slate the event answers
 # (impressions.context, joined by request_id, as the A/B reports join them), else the event's own (an events file's
 # device/locale columns); neither: "unknown". Without the first, feedback through the API trained as "unknown".
+# Cost, measured here on 2M synthetic events (a shared, loaded 2-core machine): the CSV grows from 57 to 81 MB, the
+# COPY stayed within the machine's noise (5-13 s with or without the context), parsing +0.7 s, the codes 0.2-0.8 s.
 EVENTS_WITH_CONTEXT_SQL = """
 SELECT e.user_id, e.item_id, e.event_type, e.value, extract(epoch FROM e.occurred_at)::bigint AS ts,
        coalesce(i.context->>'device', e.context->>'device') AS device,
