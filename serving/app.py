@@ -41,6 +41,7 @@ from serving.schemas import (
     FeedbackResult,
     RecommendRequest,
     RecommendResponse,
+    RequestContext,
     SimilarItems,
 )
 from serving.service import (
@@ -134,7 +135,9 @@ class ImpressionLog:
         self.pending: list[tuple[Any, ...]] = []
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, response: RecommendResponse) -> None:
+    def add(self, response: RecommendResponse, context: RequestContext | None = None) -> None:
+        """Queue one slate with the request context it was ranked for (training joins it onto the feedback that
+        answers the slate: training/interactions.py)."""
         if len(self.pending) >= self.max_pending:
             metrics.FALLBACKS.labels("impression_log_failed").inc()
             return
@@ -147,6 +150,7 @@ class ImpressionLog:
                 response.model_version,
                 [i.item_id for i in response.items],
                 response.degraded,
+                json.dumps(context.model_dump(mode="json", exclude_none=True) if context else {}),
             )
         )
         if self._task is None or self._task.done():
@@ -238,11 +242,13 @@ class FeedbackSink:
             )
 
     def log_impressions(self, rows: list[tuple[Any, ...]]) -> None:
-        """(request_id, user_id, experiment, variant, model_version, item_ids, degraded) rows in one transaction."""
+        """(request_id, user_id, experiment, variant, model_version, item_ids, degraded, context as JSON) rows in one
+        transaction."""
         with self.impressions.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO impressions (request_id, user_id, experiment, variant, model_version, item_ids, degraded) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                "INSERT INTO impressions "
+                "(request_id, user_id, experiment, variant, model_version, item_ids, degraded, context) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (request_id) DO NOTHING",
                 rows,
             )
 
@@ -357,7 +363,7 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
             response = await backend.recommender.recommend(req)
         except Unavailable as err:
             return _error(503, str(err), headers={"Retry-After": "1"})
-        backend.impressions.add(response)
+        backend.impressions.add(response, req.context)
         return response
 
     @api.get(

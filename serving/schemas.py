@@ -96,10 +96,14 @@ class StrictModel(BaseModel):
 
 
 class RequestContext(StrictModel):
-    """Request-time context; feeds the context features (hour, weekday, device, locale)."""
+    """Request-time context; feeds the context features (hour, weekday, device, locale), and is logged with the slate
+    so the ranker learns from the context of the requests its training feedback answered."""
 
     device: Literal["mobile", "desktop", "tv", "tablet"] | None = None
-    locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(_[A-Z]{2})?$")] | None = None
+    # en_US or BCP 47's en-US, any case: one spelling (en_US) in the features (recstack.features.transforms).
+    locale: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z]{2}([_-][a-zA-Z]{2})?$")] | None = Field(
+        default=None, description="A language and an optional region: de, de_DE or de-DE."
+    )
     timestamp: Timestamp | None = Field(
         default=None, description=f"Defaults to the time the request arrives; {TIME_FORMATS}."
     )

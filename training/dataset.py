@@ -88,8 +88,19 @@ def window_labels(events: Interactions) -> pd.DataFrame:
     return best[["user", "item", "grade"]]
 
 
-def first_event_ts(events: Interactions) -> pd.Series:
-    return pd.Series(events.ts).groupby(events.user).min()
+def first_requests(events: Interactions) -> pd.DataFrame:
+    """The request each user's candidate list stands for: the user's first event in a window, its time (``ts``, unix
+    seconds: features are joined point-in-time there) and its request context (``device``, ``locale``: what serving
+    logged for the request the event answered; "unknown" for an event that came without one). One row per user,
+    indexed by dense user index.
+
+    One context per list, as one request has one: per-row contexts would give the acted-on candidates a device and
+    the unlabelled ones none, and the ranker would learn that a known device means "acted on"."""
+    frame = pd.DataFrame({"user": events.user, "ts": events.ts})
+    first = frame.groupby("user", sort=True)["ts"].idxmin().to_numpy()  # ties: the earlier row (time-sorted)
+    device, locale = events.context_of(first)
+    index = pd.Index(events.user[first].astype(np.int64), name="user")
+    return pd.DataFrame({"ts": events.ts[first].astype(np.int64), "device": device, "locale": locale}, index=index)
 
 
 @dataclass
@@ -163,24 +174,34 @@ def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFram
 JOIN_CHUNK_ROWS = 10_000  # Feast's Postgres point-in-time join grows faster than linearly beyond ~10k entity rows
 
 
+def request_rows(frame: pd.DataFrame, catalog: Catalog, requests: pd.DataFrame) -> pd.DataFrame:
+    """Feast's entity rows for (user, item) rows: external ids, the user's request time and request context
+    (``first_requests``), which the context view turns into the features serving computes from a request."""
+    users = frame["user"]
+    return pd.DataFrame(
+        {
+            "user_id": catalog.user_external[frame["user"].to_numpy()],
+            "item_id": catalog.item_external[frame["item"].to_numpy()],
+            "event_timestamp": pd.to_datetime(users.map(requests["ts"]).to_numpy(), unit="s", utc=True),
+            "device": users.map(requests["device"]).to_numpy(object),
+            "locale": users.map(requests["locale"]).to_numpy(object),
+        }
+    )
+
+
 def join_features(
     store: FeatureStore,
     frame: pd.DataFrame,
     catalog: Catalog,
-    when: pd.Series,
+    requests: pd.DataFrame,
     service: str = "ranking_v1",
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """Feast point-in-time features for each (user, item) row at ``when[user]`` (unix seconds), in chunks."""
+    """Feast point-in-time features for each (user, item) row at the user's request (``first_requests``: its time
+    and context), in chunks."""
     from recstack.features.training_frames import ranker_frame
 
-    labels = pd.DataFrame(
-        {
-            "user_id": catalog.user_external[frame["user"].to_numpy()],
-            "item_id": catalog.item_external[frame["item"].to_numpy()],
-            "event_timestamp": pd.to_datetime(frame["user"].map(when).to_numpy(), unit="s", utc=True),
-        }
-    )
+    labels = request_rows(frame, catalog, requests)
     chunks = [(labels.iloc[s : s + JOIN_CHUNK_ROWS], service) for s in range(0, len(labels), JOIN_CHUNK_ROWS)]
     if len(chunks) > 1 and ray_is_up():  # Ray tasks, each opening its own store: scales out on a cluster
         rows = lambda done, total: progress(min(done * JOIN_CHUNK_ROWS, len(labels)), len(labels)) if progress else None  # noqa: E731
@@ -247,15 +268,19 @@ def served_features(
     features: list[str],
     categorical: list[str],
     when: datetime,
+    requests: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The model's input for each (user, candidate) row as serving builds it at ``when``: the online store's latest
-    values (recstack.features.online) through the rank stage's columns (recstack.stages.rank.model_columns)."""
+    values (recstack.features.online) through the rank stage's columns (recstack.stages.rank.model_columns), with
+    the device and locale of the user's request (``first_requests``; none given: "unknown")."""
     from recstack.stages.rank import RankContext, model_columns
     from recstack.stages.retrieve import CandidateSet
 
-    ctx = RankContext(when=when)
     parts = []
     for user, rows in frame.groupby("user", sort=False):
+        ctx = RankContext(when=when)
+        if requests is not None and user in requests.index:
+            ctx = RankContext(when, str(requests.at[user, "device"]), str(requests.at[user, "locale"]))
         ids = [str(i) for i in catalog.item_external[rows["item"].to_numpy()]]
         found = lookup.lookup(str(catalog.user_external[int(user)]), ids)
         n = len(ids)

@@ -54,7 +54,7 @@ class TestSet:
     relevant: list[dict[int, int]]
     hist: dataset.History
     before: Interactions
-    first_ts: pd.Series
+    requests: pd.DataFrame  # per user: the first test event's time and request context (dataset.first_requests)
 
     def exclude_mask(self, position: int, n_items: int) -> np.ndarray:
         mask = np.zeros(n_items, bool)
@@ -73,8 +73,9 @@ def build_test_set(catalog: Catalog, events: Interactions, holdout: protocols.Ho
     by_user = positive[positive["user"].isin(users)].groupby("user")
     relevant = [dict(zip(g["item"].tolist(), g["grade"].astype(int).tolist(), strict=True)) for _, g in by_user]
     hist = dataset.history(before, catalog.n_users)
-    # Features point-in-time at the user's first test event: later, the test events are inside the aggregates.
-    return TestSet(users, relevant, hist, before, dataset.first_event_ts(window))
+    # Features point-in-time at the user's first test event (later, the test events are inside the aggregates), with
+    # the context of the request that event answered.
+    return TestSet(users, relevant, hist, before, dataset.first_requests(window))
 
 
 def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
@@ -110,7 +111,7 @@ def ranked_candidates(
 
     params = RetrievalParams(**record.params.get("retrieval", {}))
     frame = dataset.candidate_frame(test.users, test.hist, retrieval, params, catalog.n_items)
-    frame = dataset.join_features(open_store(settings), frame, catalog, test.first_ts, progress=progress)
+    frame = dataset.join_features(open_store(settings), frame, catalog, test.requests, progress=progress)
     order_by = record.params.get("order_by")
     if order_by:  # the ranker did not beat this source on held-out groups: serving orders by it
         frame["score"] = dataset.as_served(frame, frame[order_by].to_numpy(np.float64))

@@ -165,7 +165,7 @@ def build_ranker_set(
     users = labelled_users(window, max_users, seed)
     candidates = labelled_candidates(catalog, before, window, retrieval, params, users, seen)
     labelled = dataset.subsample_unlabelled(candidates, unlabelled_per_user, seed)
-    return dataset.join_features(store, labelled, catalog, dataset.first_event_ts(window), progress=progress)
+    return dataset.join_features(store, labelled, catalog, dataset.first_requests(window), progress=progress)
 
 
 def split_groups(frame: pd.DataFrame, seed: int, fit_share: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -332,7 +332,8 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     # /recommend while beating item-item on point-in-time features. Judged on the offline store at now() instead
     # (every window empty), a ranker that lost through /recommend (0.88x EASE) passed this guard.
     lookup = OnlineLookup.for_service(store, stack.redis_client(settings), FEATURE_SERVICE)
-    served = dataset.served_features(lookup, guard, catalog, features, categorical, datetime.now(UTC))
+    requests = dataset.first_requests(valid)  # each guard list served with its request's device and locale
+    served = dataset.served_features(lookup, guard, catalog, features, categorical, datetime.now(UTC), requests)
     rounds = int(metrics["best_iteration"]) + 1
     oof = cross_fitted_scores(frame, guard, served, features, categorical, best, rounds, config.seed, step)
     guard["ranker"] = dataset.as_served(guard, oof)  # new items placed by content, per list

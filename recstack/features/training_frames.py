@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from recstack.features import transforms
+
 if TYPE_CHECKING:
     from feast import FeatureStore
 
@@ -18,17 +20,18 @@ FEATURE_SERVICE = "ranking_v1"
 
 
 def with_request_context(labels: pd.DataFrame) -> pd.DataFrame:
-    """Fill the request-time columns the on-demand views need from each label's timestamp (device/locale kept)."""
+    """Fill the request-time columns the on-demand views need: time fields from each label's timestamp; device and
+    locale are the labels' own (the request each row stands for: training.dataset.first_requests), in their one
+    spelling (recstack.features.transforms), "unknown" where a label has none."""
     frame = labels.copy()
     ts = pd.to_datetime(frame["event_timestamp"], utc=True)
     frame["event_timestamp"] = ts
     frame["hour_of_day"] = ts.dt.hour.astype("int64")
     frame["day_of_week"] = ts.dt.dayofweek.astype("int64")
     frame["request_ts"] = (ts.astype("int64") // 10**9).astype("int64")
-    for column in ("device", "locale"):
-        if column not in frame:
-            frame[column] = "unknown"
-        frame[column] = frame[column].fillna("unknown").astype(str)
+    for column, normalize in (("device", transforms.normalize_device), ("locale", transforms.normalize_locale)):
+        values = frame[column] if column in frame else pd.Series(None, index=frame.index, dtype=object)
+        frame[column] = values.map(normalize).astype(object)
     return frame
 
 

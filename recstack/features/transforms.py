@@ -6,10 +6,71 @@ training frames and online requests compute context and user x item features the
 
 from __future__ import annotations
 
+import functools
+import re
+
 import numpy as np
 import pandas as pd
 
 CROSS_OUTPUTS = ["category_affinity", "category_match_rank", "seconds_since_last_event"]
+
+# Request context values: the devices the API accepts (serving/schemas.py), "unknown" when a request or an event
+# came without one, "other" for a value that names none of them (an imported file's "toaster", "xx-yy-zz").
+DEVICES = ("mobile", "desktop", "tv", "tablet")
+UNKNOWN, OTHER = "unknown", "other"
+_DEVICE_ALIASES = {
+    "phone": "mobile",
+    "smartphone": "mobile",
+    "pc": "desktop",
+    "laptop": "desktop",
+    "computer": "desktop",
+    "ipad": "tablet",
+    "smart_tv": "tv",
+    "smarttv": "tv",
+    "ctv": "tv",
+}
+# BCP 47 tags (de-DE, zh-Hant-TW, es-419) and POSIX-style ones (de_DE): language, then an optional script, region.
+_LOCALE = re.compile(r"^([a-z]{2,3})(?:[-_][a-z]{4})?(?:[-_]([a-z]{2}|\d{3}))?(?:[-_].*)?$", re.IGNORECASE)
+
+
+def _text(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value or None
+
+
+@functools.lru_cache(maxsize=4096)
+def _device(text: str) -> str:
+    key = text.lower().replace("-", "_").replace(" ", "_")
+    return key if key in (*DEVICES, UNKNOWN, OTHER) else _DEVICE_ALIASES.get(key, OTHER)
+
+
+@functools.lru_cache(maxsize=4096)
+def _locale(text: str) -> str:
+    if text.lower() in (UNKNOWN, OTHER):  # already spelled: normalizing twice changes nothing
+        return text.lower()
+    match = _LOCALE.match(text)
+    if match is None:
+        return OTHER
+    language, region = match.group(1).lower(), match.group(2)
+    return f"{language}_{region.upper()}" if region else language
+
+
+def normalize_device(value: object) -> str:
+    """The one spelling of a device: one of DEVICES (case and aliases folded), "unknown" or "other".
+
+    Training (stored events and impressions) and serving (the request) both pass through here, via
+    ``context_features``, so a ranker split on "mobile" meets "mobile" at serving, not "Mobile" or "phone"."""
+    text = _text(value)
+    return UNKNOWN if text is None else _device(text)
+
+
+def normalize_locale(value: object) -> str:
+    """The one spelling of a locale: ``ll`` or ``ll_RR`` (de-DE, de_de and DE-de are all de_DE; the script subtag of
+    zh-Hant-TW is dropped), "unknown" when absent, "other" when not a locale tag."""
+    text = _text(value)
+    return UNKNOWN if text is None else _locale(text)
 
 
 def context_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -19,8 +80,8 @@ def context_features(frame: pd.DataFrame) -> pd.DataFrame:
     out["hour_sin"] = np.sin(2 * np.pi * hour / 24).astype("float64")
     out["hour_cos"] = np.cos(2 * np.pi * hour / 24).astype("float64")
     out["is_weekend"] = frame["day_of_week"].isin([5, 6]).astype("int64")
-    out["ctx_device"] = frame["device"].fillna("unknown").astype(str)
-    out["ctx_locale"] = frame["locale"].fillna("unknown").astype(str)
+    out["ctx_device"] = frame["device"].map(normalize_device).astype(object)
+    out["ctx_locale"] = frame["locale"].map(normalize_locale).astype(object)
     return out
 
 

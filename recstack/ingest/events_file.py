@@ -8,8 +8,8 @@
 | `event_type`  | yes      | view, click, like, dislike, rating, purchase or skip                      |
 | `occurred_at` | yes      | ISO-8601 (no zone = UTC) or unix seconds; from 1990, not in the future    |
 | `value`       | rating   | 1..5 for `rating` events; ignored for the others                          |
-| `device`      | no       | mobile, desktop, tv, tablet, ... (goes into the event context)            |
-| `locale`      | no       | e.g. en_US (goes into the event context)                                  |
+| `device`      | no       | mobile, desktop, tv or tablet (event context; other values train "other") |
+| `locale`      | no       | e.g. en_US or en-US (goes into the event context)                         |
 | `context`     | no       | a JSON object with more context fields                                    |
 """
 

@@ -259,6 +259,42 @@ def test_likes_of_one_category_shift_the_next_slate(api: str, trained_stack: Set
     assert count_after >= count_before + 3, (category, count_before, count_after)
 
 
+def test_feedback_on_a_slate_trains_with_the_device_and_locale_of_its_request(
+    api: str, trained_stack: Settings
+) -> None:
+    """Issue 17.2: the ranker's training row for an interaction carries the context of the request it answered."""
+    import pandas as pd
+
+    from recstack.features.store import open_store
+    from training import dataset
+    from training.interactions import load_catalog, load_interactions
+
+    user = "u0000013"
+    slate = recommend(api, user, k=5, context={"device": "mobile", "locale": "de-DE"})
+    item = slate["items"][0]["item_id"]
+    body = {"event_id": "ctx-click-1", "user_id": user, "item_id": item, "type": "click"}
+    assert requests.post(f"{api}/feedback", json={**body, "request_id": slate["request_id"]}, timeout=30).ok
+    with psycopg.connect(stack.postgres_dsn(trained_stack)) as conn:
+        for _ in range(100):  # impressions are written in batches every 100 ms
+            sql = "SELECT context FROM impressions WHERE request_id = %s"
+            if conn.execute(sql, (slate["request_id"],)).fetchone():
+                break
+            time.sleep(0.1)
+        catalog = load_catalog(conn)
+        events = load_interactions(conn, catalog)
+    # Imported history keeps its own context (the generator's device/locale), not "unknown" everywhere.
+    assert len(events.contexts) > 1
+    u = int(list(catalog.user_external).index(user))
+    clicked = events.take((events.user == u) & (events.item == list(catalog.item_external).index(item)))
+    clicked = clicked.take(clicked.ts == clicked.ts.max())  # the click above (the newest event on that item)
+    requests_ = dataset.first_requests(clicked)
+    assert requests_.loc[u, ["device", "locale"]].tolist() == ["mobile", "de_DE"]
+    rows = pd.DataFrame({"user": [u], "item": [int(clicked.item[0])]})
+    frame = dataset.join_features(open_store(trained_stack), rows, catalog, requests_)
+    assert frame.loc[0, "context_features__ctx_device"] == "mobile"
+    assert frame.loc[0, "context_features__ctx_locale"] == "de_DE"
+
+
 def test_a_disliked_item_is_never_recommended_again(api: str) -> None:
     user = "u0000011"
     top = recommend(api, user)["items"][0]["item_id"]

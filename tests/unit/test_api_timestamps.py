@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from recstack.settings import Settings
 from serving.app import create_api
-from serving.schemas import FeedbackEvent, FeedbackResult, RecommendRequest, RecommendResponse
+from serving.schemas import FeedbackEvent, FeedbackResult, RecommendRequest, RecommendResponse, RequestContext
 
 WHEN = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
@@ -22,6 +22,7 @@ class StubBackend:
     def __init__(self) -> None:
         self.events: list[FeedbackEvent] = []
         self.requests: list[RecommendRequest] = []
+        self.logged: list[tuple[str, RequestContext | None]] = []
         self.recommender, self.impressions = self, self
 
     def feedback_sink(self) -> StubBackend:
@@ -37,8 +38,8 @@ class StubBackend:
             request_id="r1", user_id=req.user_id, items=[], model_version=None, experiment=None, degraded=False
         )
 
-    def add(self, response: RecommendResponse) -> None:
-        pass
+    def add(self, response: RecommendResponse, context: RequestContext | None = None) -> None:
+        self.logged.append((response.request_id, context))
 
 
 @pytest.fixture()
@@ -76,6 +77,15 @@ def test_recommend_accepts_an_iso_8601_context_timestamp(api: tuple[TestClient, 
         assert response.status_code == 200, response.text
         context = backend.requests[-1].context
         assert context is not None and context.timestamp == WHEN
+
+
+def test_a_slate_is_logged_with_the_context_of_its_request(api: tuple[TestClient, StubBackend]) -> None:
+    """Training joins the logged context onto the feedback that answers the slate (by request_id)."""
+    client, backend = api
+    body = {"user_id": "u1", "context": {"device": "mobile", "locale": "de-DE"}}
+    assert client.post("/recommend", json=body).status_code == 200
+    request_id, context = backend.logged[-1]
+    assert request_id == "r1" and context is not None and (context.device, context.locale) == ("mobile", "de-DE")
 
 
 @pytest.mark.parametrize(

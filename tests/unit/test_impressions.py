@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from serving.app import ImpressionLog
-from serving.schemas import ExperimentAssignment, RecommendedItem, RecommendResponse
+from serving.schemas import ExperimentAssignment, RecommendedItem, RecommendResponse, RequestContext
 
 
 class FlakySink:
@@ -49,7 +50,22 @@ def test_slates_are_written_in_batches_and_survive_a_postgres_outage() -> None:
     written = [row for batch in sink.batches for row in batch]
     assert [row[0] for row in written] == [f"r{n}" for n in range(30)]  # each once, in order, after two failures
     assert len(sink.batches) < 30
-    assert written[0] == ("r0", "u1", "e", "a", "v1", ["i0"], False)
+    assert written[0] == ("r0", "u1", "e", "a", "v1", ["i0"], False, "{}")
+
+
+def test_a_slate_is_logged_with_the_request_context_it_was_ranked_for() -> None:
+    sink = FlakySink(failures=0)
+    log = ImpressionLog(lambda: sink, flush_s=0.01)
+
+    async def serve() -> None:
+        log.add(response(0), RequestContext(device="mobile", locale="de-DE"))
+        for _ in range(100):
+            if sink.batches:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(serve())
+    assert json.loads(sink.batches[0][0][-1]) == {"device": "mobile", "locale": "de-DE"}
 
 
 def test_pending_impressions_are_bounded() -> None:
