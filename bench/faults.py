@@ -54,6 +54,7 @@ class Fault:
     inject: Callable[[Settings, Undo], str]
     recover: Callable[[Settings, Undo], str]
     hold_s: float
+    self_healing: bool = False  # the platform repairs it (``recover`` only waits): recovery counts from injection
 
 
 # -- this stack's processes -------------------------------------------------------------------------------------
@@ -187,9 +188,9 @@ def _restart_now(settings: Settings, undo: Undo) -> str:
 
 
 FAULTS: dict[str, Fault] = {
-    "kill-replica": Fault("kill -9 one API replica", kill_replica, _nothing, hold_s=10),
+    "kill-replica": Fault("kill -9 one API replica", kill_replica, _nothing, hold_s=10, self_healing=True),
     "redis-stop": Fault("SIGSTOP Redis 10 s", stop_redis, continue_redis, hold_s=10),
     "postgres-restart": Fault("restart Postgres", stop_postgres, _restart_now, hold_s=0),
-    "kill-proxy": Fault("kill -9 Serve proxy", kill_proxy, _nothing, hold_s=10),
+    "kill-proxy": Fault("kill -9 Serve proxy", kill_proxy, _nothing, hold_s=10, self_healing=True),
     "disk-full": Fault("state disk full 15 s", fill_state_disk, free_state_disk, hold_s=15),
 }
