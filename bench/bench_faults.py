@@ -294,7 +294,8 @@ def summarise(
     # Faults Serve repairs by itself count from the injection, the others from their repair.
     since = inject if fault.self_healing else repaired
     back = back_at(answers, since, end)
-    baseline = [good_share(answers, float(t), WINDOW_S)[0] for t in np.arange(0, inject - WINDOW_S + BUCKET_S)]
+    before = np.arange(0, inject - WINDOW_S + BUCKET_S / 2, BUCKET_S)  # windows that end before the injection
+    baseline = [good_share(answers, float(t), WINDOW_S)[0] for t in before if t + WINDOW_S <= inject]
     acked_rows = [stored.get(e, 0) for e in log.acked]
     return {
         "fault": fault.name,
