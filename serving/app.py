@@ -61,6 +61,10 @@ log = logging.getLogger("recstack.serving")
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"}
 KNOWN_PATHS = OPEN_PATHS | {"/recommend", "/feedback", "/feedback/batch"}
 TOO_BIG = f"request body larger than {MAX_BODY_BYTES} bytes"
+STORE_DOWN = (
+    "The event store is unavailable (restarting, unreachable, disk full): the failing event and those after it were "
+    "not stored; resend with the same event ids (Retry-After: 1)"
+)
 
 
 class AppConfig(BaseModel):
@@ -381,15 +385,23 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
             return _error(404, f"unknown item {item_id!r} (or no vectors yet: run `recstack train`)")
         return {"item_id": item_id, "items": found}
 
-    @api.post("/feedback", response_model=FeedbackResult, responses={404: {"model": ErrorResponse}})
+    @api.post(
+        "/feedback",
+        response_model=FeedbackResult,
+        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse, "description": STORE_DOWN}},
+    )
     async def feedback(event: FeedbackEvent) -> Any:
-        """Store one event (idempotent by event_id) and update the user's real-time state."""
+        """Store one event (idempotent by event_id) and update the user's real-time state. A 2xx means the event is
+        on disk; a 503 (with Retry-After) means it was not stored: send it again, with the same event_id."""
         return await _record(backend, [event], single=True)
 
     @api.post(
         "/feedback/batch",
         response_model=list[FeedbackResult],
-        responses={207: {"model": list[FeedbackResult], "description": "Some events rejected (see each `error`)"}},
+        responses={
+            207: {"model": list[FeedbackResult], "description": "Some events rejected (see each `error`)"},
+            503: {"model": ErrorResponse, "description": STORE_DOWN},
+        },
     )
     async def feedback_batch(batch: FeedbackBatch) -> Any:
         """Up to 500 events, one result per event in order: created, duplicate or rejected (with the field and the
@@ -421,7 +433,30 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
     return api
 
 
+def store_outages() -> tuple[type[Exception], ...]:
+    """Errors of a store that is restarting, unreachable, out of disk or out of connections, rather than of the
+    request or the code: psycopg's OperationalError (connection lost, admin shutdown, class 53 "insufficient
+    resources" such as disk full, the pool's timeout) and SQLAlchemy's wrapper of it (Feast's registry, read when the
+    feedback sink opens)."""
+    import psycopg
+    import sqlalchemy.exc
+
+    return (psycopg.OperationalError, sqlalchemy.exc.OperationalError)
+
+
 async def _record(backend: Backend, events: list[FeedbackEvent], single: bool) -> Any:
+    """Store ``events`` in order. A store outage answers 503 with Retry-After for the whole request (found by
+    bench/bench_faults.py: Postgres restarting or its disk full was a 500): nothing after the failing event was
+    tried, and the client may resend all of it, since events are idempotent by event_id."""
+    try:
+        return await _record_each(backend, events, single)
+    except store_outages() as err:
+        log.warning("feedback not stored, store unavailable (%s)", err)
+        metrics.FEEDBACK.labels("unavailable").inc()
+        return _error(503, "the event store is unavailable: retry shortly, same event_id", headers={"Retry-After": "1"})
+
+
+async def _record_each(backend: Backend, events: list[FeedbackEvent], single: bool) -> Any:
     from recstack.features.realtime import EventConflict, UnknownItem
 
     sink = backend.feedback_sink()

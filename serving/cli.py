@@ -121,9 +121,19 @@ def connect_local_ray(settings: Settings, runtime_env: dict[str, Any]) -> None:
     ray.init(address=address, _node_ip_address=ray_runtime.LOOPBACK, runtime_env=runtime_env, log_to_driver=False)
 
 
+# Serve's controller replaces a dead HTTP proxy after 3 failed health checks in a row, one every
+# RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S (10 s by default, ray/serve/_private/proxy_state.py): with the default, a
+# proxy killed under load left the API port refusing connections for about 33 s (bench/bench_faults.py). A dead
+# actor fails its check at once, so every 2 s it is replaced in about 6 s plus its start; a check is one small RPC.
+PROXY_HEALTH_CHECK_PERIOD_S = 2
+
+
 def ray_serve_env(settings: Settings) -> dict[str, str]:
     """Environment for the Ray processes that will run Serve (set before Ray starts: Serve reads it at import)."""
-    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.serve_throughput_optimized else "0"}
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.serve_throughput_optimized else "0",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": str(PROXY_HEALTH_CHECK_PERIOD_S),
+    }
 
 
 def restore_ctrl_c() -> None:
