@@ -599,7 +599,7 @@ class RankerDeployment:
         return self.stage.explain(*args)
 
     def promoted_version(self) -> str | None:
-        return self.stage.promoted_version()
+        return self.stage.promoted()
 
     def ready(self) -> bool:
         return self.stage.ready()

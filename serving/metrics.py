@@ -93,15 +93,13 @@ def start_publishing(role: str, connect: Callable[[], redis_lib.Redis]) -> None:
 
 def published(client: redis_lib.Redis) -> dict[str, str]:
     """Every other live replica's latest snapshot, by replica name."""
-    out: dict[str, str] = {}
-    for key in client.scan_iter(match=KEY_PREFIX + "*", count=200):
-        name = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(KEY_PREFIX)
-        if name == _replica:
-            continue
-        value = client.get(key)
-        if value is not None:
-            out[name] = value.decode() if isinstance(value, bytes) else str(value)
-    return out
+    keys = [k for k in client.scan_iter(match=KEY_PREFIX + "*", count=200) if _text(k) != KEY_PREFIX + _replica]
+    values = client.mget(keys) if keys else []  # one round trip for every replica's snapshot
+    return {_text(k).removeprefix(KEY_PREFIX): _text(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _Families:

@@ -315,10 +315,6 @@ class Ranker:
     def ready(self) -> bool:
         return self.model(None) is not None
 
-    def promoted_version(self) -> str | None:
-        """The promoted version as this replica sees it (re-read every few seconds): the result cache's key has it."""
-        return self.promoted()
-
 
 class Reranker:
     def rerank(
@@ -432,7 +428,7 @@ def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Rank
         threaded("rank", ranker.rank),
         threaded("rerank", reranker.rerank),
         threaded("explain", ranker.explain),
-        threaded("promoted", ranker.promoted_version),
+        threaded("promoted", ranker.promoted),
     )
 
 

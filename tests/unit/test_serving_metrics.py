@@ -38,9 +38,9 @@ class FakeRedis:
         prefix = match.rstrip("*")
         return [k.encode() for k in self.values if k.startswith(prefix)]
 
-    def get(self, key: bytes) -> bytes | None:
-        value = self.values.get(key.decode())
-        return value.encode() if value is not None else None
+    def mget(self, keys: list[bytes]) -> list[bytes | None]:
+        values = [self.values.get(k.decode()) for k in keys]
+        return [v.encode() if v is not None else None for v in values]
 
 
 def test_a_scrape_shows_every_replicas_series_labelled_by_replica() -> None:

@@ -20,7 +20,7 @@ def _stages(hang: threading.Event) -> Any:
         return "candidates"
 
     quick = SimpleNamespace(
-        lookup=lambda *_: "features", rank=lambda *_: "scores", explain=lambda *_: [], promoted_version=lambda: "v1"
+        lookup=lambda *_: "features", rank=lambda *_: "scores", explain=lambda *_: [], promoted=lambda: "v1"
     )
     retriever = SimpleNamespace(retrieve=retrieve, popular=lambda *_: "popular")
     return in_process_callers(retriever, quick, quick, SimpleNamespace(rerank=lambda *_: [0]))  # type: ignore[arg-type]
