@@ -24,7 +24,7 @@ from recstack.settings import get_settings
 def main() -> None:
     from recstack.stages.rank import RankContext, model_columns, score
     from recstack.stages.retrieve import Filters
-    from serving.service import FeatureLookup, Ranker, Retriever, limit_math_threads
+    from serving.runtimes import FeatureLookup, Ranker, Retriever, limit_math_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=200)
@@ -36,12 +36,14 @@ def main() -> None:
     found = ranker.model(None)
     if found is None:
         raise SystemExit("no promoted model: run `recstack train` first")
-    version, model, features, categorical, _ = found
+    version, model, features, categorical = found.version, found.model, found.features, found.categorical
     requests = []
     for user_id in sample_users(args.users):
         candidates = retriever.retrieve(user_id, Filters(), [])
-        user, items = lookup.lookup(user_id, candidates.item_ids)
-        requests.append((user, items, candidates, RankContext(when=pd.Timestamp.now(tz="UTC").to_pydatetime())))
+        looked_up = lookup.lookup(user_id, candidates.item_ids)
+        requests.append(
+            (looked_up.user, looked_up.items, candidates, RankContext(when=pd.Timestamp.now(tz="UTC").to_pydatetime()))
+        )
 
     def via_frame(user, items, candidates, ctx):  # type: ignore[no-untyped-def]
         frame = pd.DataFrame(model_columns(user, items, candidates, ctx, features, categorical))

@@ -1,7 +1,7 @@
 """Per-request cost of the retrieve stage on the configured stack's data (RECSTACK_*; a trained stack, such as a
 bench_quality home brought up with `recstack up`): the user's history read from Redis (recstack.tables.history)
 against aggregated from the events table (what every request did before), and the whole stage
-(serving.service.Retriever.retrieve) each way. In process, one request at a time, so the figures are CPU and
+(serving.runtimes.Retriever.retrieve) each way. In process, one request at a time, so the figures are CPU and
 round trips, not queueing.
 
     python -m bench.bench_retrieve [--users 300] [--out bench/results/retrieve.json]
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from serving.service import Retriever, limit_math_threads
+    from serving.runtimes import Retriever, limit_math_threads
 
     limit_math_threads()
     settings = get_settings()

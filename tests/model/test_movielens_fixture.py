@@ -64,7 +64,8 @@ def planted_movielens(folder: Path, users: int = 240, per_genre: int = 30, seed:
 
 def test_served_slates_find_the_planted_tastes_a_popular_list_cannot(stack_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from recstack.ingest.movielens import IdMapping, read_movielens
-    from serving.app import AppConfig, create_local_api
+    from serving.app import AppConfig, local_backend
+    from serving.http import create_api
     from training.pipeline import TrainConfig, train
 
     ratings = planted_movielens(tmp_path / "all")
@@ -94,7 +95,8 @@ def test_served_slates_find_the_planted_tastes_a_popular_list_cannot(stack_setti
     # A generous stage deadline, as in the serving tests: right after an in-process train (Tune's workers still
     # exiting) a lookup has missed the default 150 ms on the busy CI machine (CI at 9c4fc74), and the popular slate
     # it degraded to says nothing about slate quality, which is what this test is about.
-    with TestClient(create_local_api(stack_settings, AppConfig(deadline_ms=3000))) as client:
+    backend = local_backend(stack_settings, AppConfig(deadline_ms=3000))  # every stage in this process, no Ray
+    with TestClient(create_api(backend, stack_settings)) as client:
         # One request to warm the caches first.
         client.post("/recommend", json={"user_id": str(users[0]), "k": 10})
         served = []

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recstack.settings import Settings
-from serving.app import create_api
+from serving.http import create_api
 from serving.schemas import FeedbackEvent, FeedbackResult, RecommendRequest, RecommendResponse, RequestContext
 
 WHEN = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from psycopg import errors
 from psycopg_pool import PoolTimeout
 
 from recstack.settings import Settings
-from serving.app import create_api
+from serving.http import create_api
 from serving.schemas import FeedbackEvent, FeedbackResult
 
 OUTAGES = [

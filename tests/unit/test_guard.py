@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from serving import metrics
-from serving.app import Guard
+from serving.http import Guard
 from serving.schemas import MAX_BODY_BYTES
 
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from serving.app import ImpressionLog
+from serving.feedback import ImpressionLog
 from serving.schemas import ExperimentAssignment, RecommendedItem, RecommendResponse, RequestContext
 
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
+from serving.callers import Callers
+from serving.orchestrate import Recommender, Unavailable
+from serving.runtimes import Features, Reranker, Scores
 from serving.schemas import RecommendRequest
-from serving.service import Callers, Recommender, Reranker, Unavailable
 
 
 def candidates(prefix: str, n: int, domains: tuple[str, ...] = ("movies",)) -> CandidateSet:
@@ -55,8 +57,8 @@ class Stages:
         return Callers(
             self.caller("retrieve", lambda *a: candidates("r", 60)),
             self.caller("popular", lambda *a: candidates("pop", 40, ("movies", "music"))),
-            self.caller("lookup", lambda *a: ({}, {})),
-            self.caller("rank", lambda user, items, c, *a: (np.arange(len(c), dtype=np.float64), "v1")),
+            self.caller("lookup", lambda *a: Features({}, {})),
+            self.caller("rank", lambda features, c, *a: Scores(np.arange(len(c), dtype=np.float64), "v1")),
             self.caller("rerank", reranker.rerank),
             self.caller("explain", lambda *a: []),
         )

@@ -91,8 +91,8 @@ def test_request_overrides_apply_on_top_of_the_config_within_bounds() -> None:
     import pytest
     from pydantic import ValidationError
 
+    from serving.orchestrate import _with_overrides
     from serving.schemas import RecommendRequest
-    from serving.service import _with_overrides
 
     config = RerankParams(mmr_lambda=0.8, max_provider_share=0.4, long_tail_min=1, boost={"a": 2.0, "b": 3.0})
     req = RecommendRequest.model_validate(

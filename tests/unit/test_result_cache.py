@@ -12,9 +12,9 @@ import pytest
 from recstack.features.online import MATERIALIZED_VERSION_KEY
 from recstack.settings import Settings
 from serving import metrics, result_cache
+from serving.orchestrate import Recommender
 from serving.result_cache import ResultCache, invalidate, shape_of
 from serving.schemas import RecommendRequest, RecommendResponse
-from serving.service import Recommender
 from tests.unit.test_recommender import Stages
 
 
@@ -201,14 +201,14 @@ def test_a_failing_redis_is_a_miss_never_an_error() -> None:
 
 
 def test_ttl_zero_means_no_cache() -> None:
-    from serving.app import AppConfig, Backend
+    from serving.app import AppConfig, build_backend
 
-    backend = Backend(Settings(result_cache_ttl_s=0), AppConfig(), Stages().callers(), None, None, None)
+    backend = build_backend(Settings(result_cache_ttl_s=0), AppConfig(), Stages().callers())
     assert backend.recommender.cache is None
 
 
 def test_the_response_schema_says_cached_defaults_to_false() -> None:
-    from serving.app import create_api
+    from serving.http import create_api
 
     class Stub:
         recommender = impressions = None

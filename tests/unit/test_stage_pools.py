@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from serving.service import STAGE_THREADS, StageBusy, StagePool, in_process_callers
+from serving.callers import STAGE_THREADS, StageBusy, StagePool, in_process_callers
 
 
 def _stages(hang: threading.Event) -> Any:
@@ -20,9 +20,15 @@ def _stages(hang: threading.Event) -> Any:
         return "candidates"
 
     quick = SimpleNamespace(
-        lookup=lambda *_: "features", rank=lambda *_: "scores", explain=lambda *_: [], promoted=lambda: "v1"
+        lookup=lambda *_: "features",
+        rank=lambda *_: "scores",
+        explain=lambda *_: [],
+        promoted=lambda: "v1",
+        ready=lambda: True,
     )
-    retriever = SimpleNamespace(retrieve=retrieve, popular=lambda *_: "popular")
+    retriever = SimpleNamespace(
+        retrieve=retrieve, popular=lambda *_: "popular", similar=lambda *_: [], ready=lambda: True
+    )
     return in_process_callers(retriever, quick, quick, SimpleNamespace(rerank=lambda *_: [0]))  # type: ignore[arg-type]
 
 

@@ -1,0 +1,146 @@
+"""How the orchestration reaches each stage: ``Callers``, one typed async callable per stage method.
+
+Two ways to build them, one per serve mode. In-process (fused mode, tests, benchmarks) a caller runs the stage
+method of a runtime (serving/runtimes.py) on that stage's own threads; in graph mode it is a Ray Serve handle call
+to the stage's deployment (serving/app.py). The orchestrator (serving/orchestrate.py) sees the same types either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+
+from recstack.stages.rank import RankContext
+from recstack.stages.rerank import RerankParams
+from recstack.stages.retrieve import CandidateSet, Filters
+from serving import metrics
+from serving.runtimes import FeatureLookup, Features, Ranker, Reranker, Retriever, Scores
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Ready = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Callers:
+    """The stage methods as the orchestrator calls them; the runtimes' methods of the same names say what each does."""
+
+    retrieve: Callable[[str, Filters, list[str]], Awaitable[CandidateSet]]  # user_id, filters, exclude
+    popular: Callable[[Filters, list[str]], Awaitable[CandidateSet]]  # filters, exclude
+    lookup: Callable[[str, list[str]], Awaitable[Features]]  # user_id, candidate item ids
+    rank: Callable[[Features, CandidateSet, RankContext, str | None], Awaitable[Scores]]  # ..., model version
+    rerank: Callable[[CandidateSet, np.ndarray, int, RerankParams], Awaitable[list[int]]]  # ..., scores, k, params
+    explain: Callable[[Features, CandidateSet, RankContext, str, list[int]], Awaitable[list[list[str]]]]
+    promoted: Callable[[], Awaitable[str | None]] | None = None  # the result cache's model key; None: not asked
+    similar: Callable[[str, int], Awaitable[list[dict[str, Any]] | None]] | None = None  # item_id, k
+    # /readyz's stage checks by name: "model" (the Ranker has a promoted model), "retriever", "feature_lookup".
+    ready: dict[str, Ready] = field(default_factory=dict)
+
+
+# In-process stages run on threads (the stage code blocks: psycopg, redis-py, numpy, CatBoost). Each stage has its
+# own few threads, so work that outlives its deadline (a hung store: its calls end at the clients' socket and
+# statement timeouts, RECSTACK_CONNECT_TIMEOUT_S, seconds after the stage deadline) holds only that stage's threads,
+# never the other stages' or the popular fallback's. A call still queued when its caller gives up is cancelled before
+# it starts; once every thread of a stage runs abandoned work, a new call is refused at once (StageBusy: the request
+# is answered degraded now) instead of waiting seconds in the queue behind it.
+STAGE_THREADS = 4
+
+
+class StageBusy(RuntimeError):
+    """Every thread of an in-process stage is still running work whose caller gave up at its deadline."""
+
+
+class StagePool:
+    """One stage's threads, with the count of calls still running after their caller stopped waiting."""
+
+    def __init__(self, name: str, threads: int = STAGE_THREADS) -> None:
+        self.name, self.threads = name, threads
+        self.executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"stage-{name}")
+        self.abandoned = 0
+        self._lock = threading.Lock()
+
+    def _released(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self.abandoned -= 1
+
+    def caller(self, fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+        """``fn`` as an async callable running on this stage's threads."""
+
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self._lock:
+                if self.abandoned >= self.threads:
+                    metrics.FALLBACKS.labels(f"{self.name}_busy").inc()
+                    raise StageBusy(f"{self.name}: every thread still runs work past its deadline")
+            future = self.executor.submit(fn, *args, **kwargs)
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                if not future.cancel():  # already running: it ends on its own, holding its thread until then
+                    with self._lock:
+                        self.abandoned += 1
+                    future.add_done_callback(self._released)
+                raise
+
+        return call
+
+
+def _in_a_thread(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """``fn`` on asyncio's default threads (lookups outside a request's deadline: similar items, readiness)."""
+
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    return call
+
+
+def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Ranker, reranker: Reranker) -> Callers:
+    """Callers running the runtimes in this process (fused replicas, tests, benchmarks)."""
+    return Callers(
+        retrieve=StagePool("retrieve").caller(retriever.retrieve),
+        popular=StagePool("popular").caller(retriever.popular),
+        lookup=StagePool("lookup").caller(lookup.lookup),
+        rank=StagePool("rank").caller(ranker.rank),
+        rerank=StagePool("rerank").caller(reranker.rerank),
+        explain=StagePool("explain").caller(ranker.explain),
+        promoted=StagePool("promoted").caller(ranker.promoted),
+        similar=_in_a_thread(retriever.similar),
+        ready={
+            "model": _in_a_thread(ranker.ready),
+            "retriever": _in_a_thread(retriever.ready),
+            "feature_lookup": _in_a_thread(lookup.ready),
+        },
+    )
+
+
+def _remote(method: Any) -> Callable[..., Awaitable[Any]]:
+    """A Serve handle's method as an async callable (the deployment runs the runtime's method of the same name)."""
+
+    async def call(*args: Any) -> Any:
+        return await method.remote(*args)
+
+    return call
+
+
+def handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> Callers:
+    """Callers over the stage deployments' Serve handles (graph mode)."""
+    return Callers(
+        retrieve=_remote(retriever.retrieve),
+        popular=_remote(retriever.popular),
+        lookup=_remote(lookup.lookup),
+        rank=_remote(ranker.rank),
+        rerank=_remote(reranker.rerank),
+        explain=_remote(ranker.explain),
+        promoted=_remote(ranker.promoted),
+        similar=_remote(retriever.similar),
+        ready={
+            "model": _remote(ranker.ready),
+            "retriever": _remote(retriever.ready),
+            "feature_lookup": _remote(lookup.ready),
+        },
+    )
