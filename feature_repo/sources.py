@@ -27,7 +27,8 @@ user_realtime_table = PostgreSQLSource(
     timestamp_field="event_timestamp",
 )
 
-# Real-time state pushed to the online store as feedback arrives (recstack.features.realtime.record_event).
+# Real-time state pushed to the online store as feedback arrives (serving/feedback.py calls
+# recstack.features.realtime.store_event, then push_state).
 user_realtime_push = PushSource(name="user_realtime_push", batch_source=user_realtime_table)
 
 # Facts known only when a request arrives: when, on which device, in which locale.

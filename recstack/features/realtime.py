@@ -51,7 +51,6 @@ class Feedback:
 class RecordResult:
     created: bool  # False: the same event was already stored (idempotent repeat)
     state: dict[str, Any] | None  # the user's real-time row after this event (None for a repeat)
-    pushed: bool = False
     history: UserHistory | None = None  # the event as a one-item history (recstack.tables.history.merge)
 
 
@@ -134,11 +133,3 @@ def push_state(store: FeatureStore, state: dict[str, Any]) -> None:
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
 
-
-def record_event(conn: psycopg.Connection, store: FeatureStore | None, event: Feedback) -> RecordResult:
-    """Store the event durably, then push the user's new state online (if a store is given and reachable)."""
-    result = store_event(conn, event)
-    if result.created and result.state is not None and store is not None:
-        push_state(store, result.state)
-        result.pushed = True
-    return result

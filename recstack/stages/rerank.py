@@ -5,7 +5,7 @@ Pure functions over numpy arrays; the Ray Serve Reranker deployment and the in-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +32,6 @@ class Candidates:
     long_tail: np.ndarray  # bool: item outside the head of the popularity distribution
     vectors: np.ndarray | None = None
     categories: list[list[str]] | None = None
-    reasons: list[list[str]] = field(default_factory=list)
 
 
 HEAD_SHARE = 0.8

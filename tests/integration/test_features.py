@@ -18,7 +18,7 @@ from recstack import stack
 from recstack.features import store as feast_store
 from recstack.features.build import build_features, build_realtime
 from recstack.features.materialize import materialize
-from recstack.features.realtime import Feedback, record_event
+from recstack.features.realtime import Feedback, push_state, store_event
 from recstack.features.training_frames import ranker_frame
 from recstack.ingest.synthetic import generate
 from recstack.settings import Settings
@@ -207,10 +207,13 @@ def test_fast_lookup_equals_feast_on_random_entities(featured: Settings) -> None
 def test_feedback_is_durable_and_pushed_online(featured: Settings) -> None:
     store = feast_store.open_store(featured)
     with psycopg.connect(stack.postgres_dsn(featured)) as conn:
-        result = record_event(conn, store, Feedback("rt-1", "u0000002", "i0000009", "like"))
-        repeat = record_event(conn, store, Feedback("rt-1", "u0000002", "i0000009", "like"))
+        # what serving's feedback sink does (serving/feedback.py): store durably, then push the new state online
+        result = store_event(conn, Feedback("rt-1", "u0000002", "i0000009", "like"))
+        assert result.state is not None
+        push_state(store, result.state)
+        repeat = store_event(conn, Feedback("rt-1", "u0000002", "i0000009", "like"))
         stored = conn.execute("SELECT count(*) FROM events WHERE event_id = 'rt-1'").fetchone()
-    assert result.created and result.pushed and not repeat.created
+    assert result.created and not repeat.created
     assert stored == (1,)
     online = store.get_online_features(
         features=["user_realtime:recent_item_ids", "user_realtime:session_events"],
