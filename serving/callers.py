@@ -31,7 +31,7 @@ Ready = Callable[[], Awaitable[bool]]
 class Callers:
     """The stage methods as the orchestrator calls them; the runtimes' methods of the same names say what each does."""
 
-    retrieve: Callable[[str, Filters, list[str]], Awaitable[CandidateSet]]  # user_id, filters, exclude
+    retrieve: Callable[[str, Filters, list[str], str | None], Awaitable[CandidateSet]]  # ..., exclude, model version
     popular: Callable[[Filters, list[str]], Awaitable[CandidateSet]]  # filters, exclude
     lookup: Callable[[str, list[str]], Awaitable[Features]]  # user_id, candidate item ids
     rank: Callable[[Features, CandidateSet, RankContext, str | None], Awaitable[Scores]]  # ..., model version

@@ -175,7 +175,7 @@ class Recommender:
         """(candidates, degraded): the user's retrieval, else the popular list minus the excluded items."""
         try:
             candidates = await self._stage(
-                "retrieve", self.callers.retrieve(req.user_id, plan.filters, req.exclude_item_ids)
+                "retrieve", self.callers.retrieve(req.user_id, plan.filters, req.exclude_item_ids, plan.model_version)
             )
             self._keep_popular_fresh()
             return candidates, False

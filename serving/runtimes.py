@@ -100,6 +100,16 @@ def _online_lookup(settings: Settings, users: dict[str, Any], items: dict[str, A
     return OnlineLookup.from_store(open_store(settings), client, users, items)
 
 
+def _order_by(conn: Any, version: str) -> str | None:
+    """The single source whose score orders model ``version``'s slates (None: its ranker, or no such record)."""
+    from recstack.tables import registry
+
+    try:
+        return registry.get(conn, version).params.get("order_by")
+    except registry.RegistryError:
+        return None
+
+
 class Retriever:
     """Recent items (Redis, else the durable Postgres copy) -> user state -> one pgvector statement."""
 
@@ -113,6 +123,7 @@ class Retriever:
         self._item_item_checked = 0.0
         self._item_item_lock = threading.Lock()
         self._head_floor = 0.0  # the catalog's long-tail floor, read with each new trained set
+        self._order_by: str | None = None  # the live set's model's single-source order, read with it
         try:
             self.item_item()
         except Exception as err:
@@ -137,6 +148,7 @@ class Retriever:
                     ids = np.array([r[0] for r in rows], np.int64)
                     self._item_item = ItemItemIndex(ids, neighbours.load(conn, ids), stored)
                     self._head_floor = head_floor(np.array([r[1] or 0.0 for r in rows], np.float64))
+                    self._order_by = _order_by(conn, stored)
             self._item_item_checked = time.monotonic()
         return self._item_item
 
@@ -152,7 +164,12 @@ class Retriever:
                 ).fetchone()
             return list(row[0] or []) if row else []
 
-    def retrieve(self, user_id: str, filters: Filters, exclude: list[str], exclude_seen: bool = True) -> CandidateSet:
+    def retrieve(
+        self, user_id: str, filters: Filters, exclude: list[str], model_version: str | None = None
+    ) -> CandidateSet:
+        """Candidates for a request ranked by ``model_version`` (None: the promoted model). When that model is the
+        live set's and orders by the item-item score alone, the vector sources are skipped once the item-item
+        source fills the rerank pool (recstack.stages.retrieve.retrieve: the slate is the same, at half the cost)."""
         recent = self.recent_items(user_id)[: self.params.recent]
         try:
             item_item = self.item_item()
@@ -160,10 +177,14 @@ class Retriever:
             log.warning("item-item neighbours not checked (%s)", err)
             item_item = self._item_item
         floor = self._head_floor
+        live = item_item is not None and model_version in (None, item_item.version)
+        alone_from = RERANK_POOL if live and self._order_by == "ii_score" else None
         stored = self.stored_history(user_id)
         with self.pool.connection() as conn:
             found = stored if stored is not None else history.from_postgres(conn, user_id)
-            out = retrieve(conn, user_id, recent, filters, exclude, self.params, exclude_seen, item_item, floor, found)
+            out = retrieve(
+                conn, user_id, recent, filters, exclude, self.params, True, item_item, floor, found, alone_from
+            )
         if stored is None:
             try:  # the next request reads it from Redis
                 history.fill(self.redis, user_id, found)

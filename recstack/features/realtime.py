@@ -132,4 +132,3 @@ def push_state(store: FeatureStore, state: dict[str, Any]) -> None:
     frame = pd.DataFrame([state])
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
-

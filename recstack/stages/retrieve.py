@@ -12,7 +12,7 @@ same inputs offline and online.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from psycopg import sql
@@ -390,19 +390,29 @@ def retrieve(
     item_item: ItemItemIndex | None = None,
     head_floor: float = 0.0,
     history: UserHistory | None = None,
+    item_item_alone_from: int | None = None,
 ) -> CandidateSet:
     """Serving's candidate generation for one user (the online twin of ``candidates_offline``); ``conn`` is set up
     by ``configure_connection``. ``head_floor``: the catalog's long-tail popularity floor (rerank.head_floor).
-    ``history``: the user's (recstack.tables.history; None: none, as for the popular fallback)."""
+    ``history``: the user's (recstack.tables.history; None: none, as for the popular fallback).
+
+    ``item_item_alone_from``: when the slate is ordered by the item-item score alone (the model's ``order_by``), the
+    number of item-item candidates from which the two vector sources are skipped. Every candidate gets its item-item
+    score whichever source found it, so a vector candidate outside the item-item top ranks below all of it: with that
+    many item-item candidates, the top a slate is cut from is the same without the two HNSW scans, which are half of
+    the stage's time (bench/bench_retrieve.py). Unfiltered requests only (a filter may drop item-item candidates)."""
     state = user_state(conn, user_id, recent, history if history is not None else UserHistory.empty())
     query = query_vector(state.user_vector, state.recent_cf)
     content_q = content_query(state.recent_content)
     seen = state.history.items if exclude_seen else None
     ii_scores = item_item.scores(state) if item_item is not None and params.item_item > 0 else None
     ii_top = None
+    filtered = bool(filters.domain or filters.categories or filters.providers)
     if ii_scores is not None and item_item is not None:
-        filtered = filters.domain or filters.categories or filters.providers
         ii_top = item_item.top(ii_scores, state.history.items, params.item_item * (4 if filtered else 1))
+        alone_from = item_item_alone_from
+        if alone_from is not None and not filtered and len(ii_top) - len(exclude) >= alone_from:
+            params = replace(params, cf=0, content=0)
     statement, args = candidates_sql(query, content_q, filters, list(exclude), params, ii_top, seen)
     rows = conn.execute(statement, args, binary=True).fetchall()  # binary: vectors arrive as raw float32
     ii = np.zeros((len(rows), len(ITEM_ITEM_FEATURES)), np.float32)
