@@ -38,6 +38,8 @@ class Callers:
     rerank: Callable[[CandidateSet, np.ndarray, int, RerankParams], Awaitable[list[int]]]  # ..., scores, k, params
     explain: Callable[[Features, CandidateSet, RankContext, str, list[int]], Awaitable[list[list[str]]]]
     promoted: Callable[[], Awaitable[str | None]] | None = None  # the result cache's model key; None: not asked
+    # (source, version) when a model version (None: the promoted one) orders by one source's score; None: not asked
+    order: Callable[[str | None], Awaitable[tuple[str, str] | None]] | None = None
     similar: Callable[[str, int], Awaitable[list[dict[str, Any]] | None]] | None = None  # item_id, k
     # /readyz's stage checks by name: "model" (the Ranker has a promoted model), "retriever", "feature_lookup".
     ready: dict[str, Ready] = field(default_factory=dict)
@@ -109,6 +111,7 @@ def in_process_callers(retriever: Retriever, lookup: FeatureLookup, ranker: Rank
         rerank=StagePool("rerank").caller(reranker.rerank),
         explain=StagePool("explain").caller(ranker.explain),
         promoted=StagePool("promoted").caller(ranker.promoted),
+        order=_in_a_thread(ranker.order),
         similar=_in_a_thread(retriever.similar),
         ready={
             "model": _in_a_thread(ranker.ready),
@@ -137,6 +140,7 @@ def handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> C
         rerank=_remote(reranker.rerank),
         explain=_remote(ranker.explain),
         promoted=_remote(ranker.promoted),
+        order=_remote(ranker.order),
         similar=_remote(retriever.similar),
         ready={
             "model": _remote(ranker.ready),

@@ -24,7 +24,7 @@ import numpy as np
 
 from recstack.stages.rank import RankContext
 from recstack.stages.rerank import RerankParams
-from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet, Filters
+from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet, Filters, source_order
 from serving import metrics
 from serving.callers import Callers
 from serving.experiments import Experiment, Variant, assign
@@ -98,6 +98,9 @@ class Recommender:
         self._promoted: str | None = None
         self._promoted_at = -float("inf")
         self._promoted_check: asyncio.Task[Any] | None = None
+        # per pinned version (None: the promoted model): (read at, its single-source order or None), and the re-read
+        self._orders: dict[str | None, tuple[float, tuple[str, str] | None]] = {}
+        self._order_checks: dict[str | None, asyncio.Task[Any]] = {}
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """The slate for ``req``: from the result cache when the same shape was answered moments ago (``cached``),
@@ -236,13 +239,38 @@ class Recommender:
 
             self._promoted_check = asyncio.get_running_loop().create_task(check())
 
+    def _single_source_order(self, version: str | None) -> tuple[str, str] | None:
+        """(source, model version) when the model ranking this request orders by one source's score (its ranker did
+        not beat that source: serving/runtimes.py Ranker.rank), as the Ranker said at most MODEL_CHECK_S ago; None
+        when its ranker scores or it is not known yet. Re-read in the background, like the promoted version."""
+        read_at, order = self._orders.get(version, (-float("inf"), None))
+        running = self._order_checks.get(version)
+        if self.callers.order and time.monotonic() - read_at >= MODEL_CHECK_S and (running is None or running.done()):
+            ask = self.callers.order
+
+            async def check() -> None:
+                try:
+                    found = await asyncio.wait_for(ask(version), timeout=2 * self.deadline_s)
+                    self._orders[version] = (time.monotonic(), found)
+                except Exception as err:  # unknown: the full lookup + rank path serves meanwhile
+                    log.debug("model order not read (%s)", err)
+                    self._orders[version] = (time.monotonic(), None)
+
+            self._order_checks[version] = asyncio.get_running_loop().create_task(check())
+        return order
+
     # -- score, rerank, respond -------------------------------------------------------------------------------------
     async def score(self, req: RecommendRequest, plan: Plan, candidates: CandidateSet, degraded: bool) -> Scored:
         """Features (lookup) then the model's scores (rank); retrieval order when either fails, or when retrieval
-        was degraded already (popular items: nothing for the model to personalise)."""
+        was degraded already (popular items: nothing for the model to personalise). A model that orders by one
+        source's score needs neither: that order is computed here, without the two stage calls (the same function
+        the Ranker applies, recstack.stages.retrieve.source_order), unless the request asks for explanations."""
         retrieval_order = _retrieval_score(candidates)
         if degraded:
             return Scored(retrieval_order, None, None, True)
+        order = None if req.explain else self._single_source_order(plan.model_version)
+        if order is not None:
+            return Scored(source_order(candidates.features, order[0]), None, order[1], False)
         try:
             features = await self._stage("lookup", self.callers.lookup(req.user_id, candidates.item_ids))
             ranked = await self._stage("rank", self.callers.rank(features, candidates, plan.ctx, plan.model_version))

@@ -287,6 +287,12 @@ class Ranker:
             self._checked = time.monotonic()
         return self._promoted
 
+    def order(self, version: str | None = None) -> tuple[str, str] | None:
+        """(source, model version) when model ``version`` (None: the promoted one) orders slates by that single
+        source's score rather than by its ranker (``rank`` below); None when its ranker scores, or no model."""
+        found = self.model(version)
+        return (found.order_by, found.version) if found is not None and found.order_by is not None else None
+
     def model(self, version: str | None) -> LoadedModel | None:
         """Model ``version`` (None: the promoted one), loaded and verified once per replica; None if none promoted."""
         version = version or self.promoted()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet
+from recstack.stages.retrieve import CANDIDATE_FEATURES, CandidateSet, source_order
 from serving.callers import Callers
 from serving.orchestrate import Recommender, Unavailable
 from serving.runtimes import Features, Reranker, Scores
@@ -114,3 +114,33 @@ def test_a_popular_list_is_kept_for_when_retrieval_and_postgres_are_down() -> No
     assert stages.calls["popular"] >= 2  # the background refresh, then the failing attempts
     assert unfiltered.degraded and len(unfiltered.items) == 5
     assert music.degraded and music.items and all(i.domain == "music" for i in music.items)
+
+
+def test_a_model_ordered_by_one_source_is_served_without_the_lookup_and_rank_calls() -> None:
+    """Once the Ranker has said the model orders by the item-item score, the orchestrator applies that order itself:
+    the same slate, two stage calls fewer (a hop each in the graph). Explanations still go through the Ranker."""
+    stages = Stages()
+    callers = stages.callers()
+
+    def ranked_by_item_item(features: Features, c: CandidateSet, *args: Any) -> Scores:
+        return Scores(source_order(c.features, "ii_score"), "v2")
+
+    callers.rank = stages.caller("rank", ranked_by_item_item)
+    callers.order = stages.caller("order", lambda version: ("ii_score", "v2"))
+    listed = candidates("r", 60)
+    listed.features[:, CANDIDATE_FEATURES.index("ii_score")] = np.random.default_rng(1).random(60)
+    callers.retrieve = stages.caller("retrieve", lambda *a: listed)
+    recommender = Recommender(callers, deadline_s=0.5)
+
+    async def three() -> list[Any]:
+        out = [await recommender.recommend(RecommendRequest(user_id="u1", k=5))]  # order not known yet: the stages
+        await asyncio.sleep(0.05)  # the Ranker's answer arrives in the background
+        out.append(await recommender.recommend(RecommendRequest(user_id="u1", k=5)))
+        out.append(await recommender.recommend(RecommendRequest(user_id="u1", k=5, explain=True)))
+        return out
+
+    first, second, explained = asyncio.run(three())
+    assert [i.item_id for i in second.items] == [i.item_id for i in first.items]
+    assert second.model_version == first.model_version == "v2" and not second.degraded
+    assert stages.calls["rank"] == 2 and stages.calls["lookup"] == 2  # the first and the explained request only
+    assert [i.item_id for i in explained.items] == [i.item_id for i in first.items]

@@ -24,6 +24,7 @@ def _stages(hang: threading.Event) -> Any:
         rank=lambda *_: "scores",
         explain=lambda *_: [],
         promoted=lambda: "v1",
+        order=lambda *_: None,
         ready=lambda: True,
     )
     retriever = SimpleNamespace(
