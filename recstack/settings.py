@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(default=None, description="When set, every endpoint but health needs X-API-Key.")
     stage_deadline_ms: float = Field(default=150, gt=0, le=10_000, description="Per-stage deadline when serving.")
+    recommend_max_inflight: int = Field(
+        default=16,
+        ge=0,
+        le=10_000,
+        description="/recommend requests one API process works on at once; beyond it the answer is 503 with "
+        "Retry-After at once (load shed, serving/http.py Guard) instead of a wait in its queue. 0: unbounded.",
+    )
     result_cache_ttl_s: int = Field(
         default=30,
         ge=0,

@@ -39,6 +39,7 @@ log = logging.getLogger("recstack.serving")
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"}
 KNOWN_PATHS = OPEN_PATHS | {"/recommend", "/feedback", "/feedback/batch"}
 TOO_BIG = f"request body larger than {MAX_BODY_BYTES} bytes"
+OVERLOADED = "too many recommendations in progress here: retry shortly"
 STORE_DOWN = (
     "The event store is unavailable (restarting, unreachable, disk full): the failing event and those after it were "
     "not stored; resend with the same event ids (Retry-After: 1)"
@@ -103,8 +104,9 @@ class Guard:
     Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware) runs each request through an extra task and memory
     streams, CPU every /recommend paid for nothing."""
 
-    def __init__(self, app: Any, api_key: str | None = None) -> None:
+    def __init__(self, app: Any, api_key: str | None = None, max_inflight: int = 0) -> None:
         self.app, self.api_key = app, (api_key.encode() if api_key else None)
+        self.max_inflight, self.inflight = max_inflight, 0  # /recommend requests in this process (0: no bound)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -120,7 +122,14 @@ class Guard:
                 status["code"], status["sent"] = message["status"], True
             await send(message)
 
+        counted = path == "/recommend"
         try:
+            if counted and self.max_inflight and self.inflight >= self.max_inflight:
+                counted = False  # admission control: answered now, never queued behind the work in flight
+                metrics.FALLBACKS.labels("shed_overload").inc()
+                await _error(503, OVERLOADED, headers={"Retry-After": "1"})(scope, receive, send_counted)
+                return
+            self.inflight += counted
             refused, receive = await self._checked(scope, receive)
             await (refused or self.app)(scope, receive, send_counted)
         except Exception:  # never a bare 500 page: a JSON error without internals
@@ -128,6 +137,7 @@ class Guard:
             if not status["sent"]:
                 await _error(500, "internal error; the request was not processed")(scope, receive, send_counted)
         finally:
+            self.inflight -= counted
             metrics.RESPONSES.labels(endpoint, str(status["code"])).inc()
             metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 
@@ -176,7 +186,7 @@ def create_api(backend: Backend, settings: Settings) -> FastAPI:
         },
     )
 
-    api.add_middleware(Guard, api_key=settings.api_key)
+    api.add_middleware(Guard, api_key=settings.api_key, max_inflight=settings.recommend_max_inflight)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:

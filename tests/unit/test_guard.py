@@ -77,3 +77,53 @@ def test_an_unhandled_error_is_a_json_500_without_internals(api_key: str | None)
     assert response.status_code == 500
     assert response.json()["error"].startswith("internal error") and "secret" not in response.text
     assert counted("/readyz", "500") == before + 1
+
+
+def test_recommendations_past_the_in_flight_bound_are_shed_at_once_with_503() -> None:
+    """Admission control: with 2 /recommend requests in progress, a third is answered 503 with Retry-After at once
+    (not queued behind them); once they finish, requests pass again. Other endpoints are never shed."""
+    import asyncio
+
+    api = FastAPI()
+    release = asyncio.Event()
+
+    @api.post("/recommend")
+    async def slow() -> dict[str, str]:
+        await release.wait()
+        return {"status": "served"}
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    guard = Guard(api, max_inflight=2)
+
+    async def call(method: str, path: str) -> tuple[int, dict[bytes, bytes]]:
+        scope = {
+            **{"type": "http", "method": method, "path": path, "headers": [(b"content-length", b"2")]},
+            **{"query_string": b"", "root_path": "", "scheme": "http", "server": ("test", 80), "http_version": "1.1"},
+        }
+        body = [{"type": "http.request", "body": b"{}", "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return body.pop() if body else await asyncio.Event().wait()  # type: ignore[func-returns-value]
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await guard(scope, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def scenario() -> tuple[list[int], int, bytes | None, int, int]:
+        held = [asyncio.create_task(call("POST", "/recommend")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        shed, headers = await asyncio.wait_for(call("POST", "/recommend"), timeout=1)
+        health, _ = await call("GET", "/healthz")
+        release.set()
+        served = [(await task)[0] for task in held]
+        again, _ = await call("POST", "/recommend")
+        return served, shed, headers.get(b"retry-after"), health, again
+
+    served, shed, retry_after, health, again = asyncio.run(scenario())
+    assert served == [200, 200] and shed == 503 and retry_after == b"1" and health == 200 and again == 200
