@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recstack.stages.retrieve import CF_DIM
 from training.interactions import Interactions
 
-DIM = 64  # must match vector(64) in migration 0005
+DIM = CF_DIM  # recstack.stages.retrieve: the size of the stored collaborative vectors
 
 
 @dataclass

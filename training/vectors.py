@@ -14,11 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import psycopg
 
+from recstack.stages.retrieve import CONTENT_DIM
 from recstack.tables import vector_sets
 from training.embeddings import EmbeddingModel
 from training.interactions import Catalog
-
-CONTENT_DIM = 384
 
 
 def item_texts(conn: psycopg.Connection) -> list[tuple[int, str]]:

@@ -19,6 +19,10 @@ from psycopg import sql
 
 from recstack.stages.item_item import ItemItem, UserHistory, query_weights
 
+# The vector sizes, the one home of them (the columns are vector(64) and vector(384) in migration 0005): training
+# writes vectors of these sizes and serving reads them.
+CF_DIM = 64  # collaborative (training/embeddings.py)
+CONTENT_DIM = 384  # content (training/vectors.py)
 SOURCE_FEATURES = ["cf_score", "content_score", "log_popularity", "from_cf", "from_content", "from_popular"]
 ITEM_ITEM_FEATURES = ["ii_score", "from_ii"]
 # How the candidate relates to the user's long-term vector and to each recent item separately: a user with several
@@ -222,8 +226,8 @@ def candidates_sql(
     index lookup per candidate): joining ``items`` made the planner hash-join a sequential scan of the catalog.
     """
     where, params = _filter_sql(filters, exclude, exclude_items)
-    zero_cf = "array_fill(0, ARRAY[64])::vector"
-    zero_ct = "array_fill(0, ARRAY[384])::vector"
+    zero_cf = f"array_fill(0, ARRAY[{CF_DIM}])::vector"
+    zero_ct = f"array_fill(0, ARRAY[{CONTENT_DIM}])::vector"
     params.update(
         {
             "q": "[" + ",".join(f"{x:.6g}" for x in query) + "]" if query is not None else None,
@@ -373,8 +377,8 @@ def user_state(conn, user_id: str, recent: list[str], history: UserHistory) -> U
     content = [_array(r[2]) for r in rows[1:] if r[2] is not None]
     return UserState(
         user_vector=_array(user_vector) if user_vector is not None else None,
-        recent_cf=np.stack(cf) if cf else np.empty((0, 64), np.float32),
-        recent_content=np.stack(content) if content else np.empty((0, 384), np.float32),
+        recent_cf=np.stack(cf) if cf else np.empty((0, CF_DIM), np.float32),
+        recent_content=np.stack(content) if content else np.empty((0, CONTENT_DIM), np.float32),
         history=history,
     )
 
@@ -420,7 +424,7 @@ def retrieve(
         position, found = item_item.positions(np.array([r[13] for r in rows], np.int64))
         ii[found, 0] = ii_scores[position]
         ii[:, 1] = [bool(r[12]) for r in rows]
-    vectors = np.zeros((len(rows), 64), np.float32)
+    vectors = np.zeros((len(rows), CF_DIM), np.float32)
     for n, row in enumerate(rows):
         if row[5] is not None:
             vectors[n] = _array(row[5])
