@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from recstack.ingest.rules import EARLIEST_EVENT, FUTURE_TOLERANCE, RATING_MAX, RATING_MIN
+from recstack.stages.rerank import LONG_TAIL_MIN_BOUNDS, MMR_LAMBDA_BOUNDS, PROVIDER_SHARE_BOUNDS
 
 EventType = Literal["view", "click", "like", "dislike", "rating", "purchase", "skip"]
 Domain = Literal["movies", "products", "music", "articles"]
@@ -120,12 +121,19 @@ class RerankOverrides(StrictModel):
     """Per-request rerank knobs, within the same bounds as the serving config; unset fields keep the config's (or the
     experiment variant's) values."""
 
-    mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0, description="1 = relevance only, 0 = diversity.")
-    max_provider_share: float | None = Field(default=None, gt=0.0, le=1.0, description="Cap on one provider's share.")
-    # The bounds before the validator, so the OpenAPI document states them (minimum/maximum).
-    long_tail_min: Annotated[int, Field(ge=0, le=10), BeforeValidator(_whole)] | None = Field(
-        default=None, description="Minimum long-tail items in the slate."
+    mmr_lambda: float | None = Field(
+        default=None, ge=MMR_LAMBDA_BOUNDS[0], le=MMR_LAMBDA_BOUNDS[1], description="1 = relevance only, 0 = diversity."
     )
+    max_provider_share: float | None = Field(
+        default=None,
+        gt=PROVIDER_SHARE_BOUNDS[0],
+        le=PROVIDER_SHARE_BOUNDS[1],
+        description="Cap on one provider's share.",
+    )
+    # The bounds before the validator, so the OpenAPI document states them (minimum/maximum).
+    long_tail_min: (
+        Annotated[int, Field(ge=LONG_TAIL_MIN_BOUNDS[0], le=LONG_TAIL_MIN_BOUNDS[1]), BeforeValidator(_whole)] | None
+    ) = Field(default=None, description="Minimum long-tail items in the slate.")
     # additionalProperties false: with a key pattern, JSON Schema would otherwise allow any value under other keys.
     boost: (
         Annotated[

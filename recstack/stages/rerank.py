@@ -10,15 +10,36 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+# The knobs' bounds, the one home of them: the serving config (RerankParams) and a request's overrides
+# (serving/schemas.py RerankOverrides) are checked against these.
+MMR_LAMBDA_BOUNDS = (0.0, 1.0)  # inclusive
+PROVIDER_SHARE_BOUNDS = (0.0, 1.0)  # above the first, up to the second
+LONG_TAIL_MIN_BOUNDS = (0, 10)  # inclusive
+
 
 class RerankParams(BaseModel):
     """Rerank knobs. Set in the serving config; a request or an experiment variant may override within bounds."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mmr_lambda: float = Field(default=0.8, ge=0.0, le=1.0, description="1 = relevance only, 0 = diversity only.")
-    max_provider_share: float = Field(default=0.4, gt=0.0, le=1.0, description="Cap on one provider's slate share.")
-    long_tail_min: int = Field(default=1, ge=0, le=10, description="Minimum long-tail items in the slate.")
+    mmr_lambda: float = Field(
+        default=0.8,
+        ge=MMR_LAMBDA_BOUNDS[0],
+        le=MMR_LAMBDA_BOUNDS[1],
+        description="1 = relevance only, 0 = diversity only.",
+    )
+    max_provider_share: float = Field(
+        default=0.4,
+        gt=PROVIDER_SHARE_BOUNDS[0],
+        le=PROVIDER_SHARE_BOUNDS[1],
+        description="Cap on one provider's slate share.",
+    )
+    long_tail_min: int = Field(
+        default=1,
+        ge=LONG_TAIL_MIN_BOUNDS[0],
+        le=LONG_TAIL_MIN_BOUNDS[1],
+        description="Minimum long-tail items in the slate.",
+    )
     boost: dict[str, float] = Field(default_factory=dict, description="Business rule: item_id -> score multiplier.")
 
 
