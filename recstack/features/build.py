@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from recstack.features.realtime import RECENT_ITEMS, SESSION_GAP_S
+
 if TYPE_CHECKING:  # a type only: the loader imports pandas, which `recstack --help` need not pay for
     from recstack.ingest.loader import ProgressFn
 
@@ -89,8 +91,9 @@ def build_table(conn: psycopg.Connection, table: str, progress: ProgressFn | Non
     return BuildResult(table, before, after, days, time.perf_counter() - started)
 
 
-# The real-time state of users as the events say it (last 20 distinct non-negative items, newest first; events in
-# the last 30-minute session), for users whose events are newer than their row. Live feedback keeps it current
+# The real-time state of users as the events say it (the last RECENT_ITEMS distinct non-negative items, newest first;
+# events in the last SESSION_GAP_S of their activity: recstack.features.realtime's rules), for users whose events are
+# newer than their row. Live feedback keeps it current
 # afterwards (recstack.features.realtime).
 _REALTIME_SQL = """
 WITH last AS (
@@ -104,10 +107,10 @@ WITH last AS (
     FROM latest_per_item
 ), recent AS (
     SELECT r.user_id, array_agg(i.external_id ORDER BY r.n) AS items
-    FROM ranked r JOIN items i ON i.item_id = r.item_id WHERE r.n <= 20 GROUP BY r.user_id
+    FROM ranked r JOIN items i ON i.item_id = r.item_id WHERE r.n <= %(n)s GROUP BY r.user_id
 ), session AS (
     SELECT e.user_id, count(*) AS events FROM events e JOIN last l USING (user_id)
-    WHERE e.occurred_at > l.last_at - interval '30 minutes' GROUP BY e.user_id
+    WHERE e.occurred_at > l.last_at - make_interval(secs => %(gap)s::float8) GROUP BY e.user_id
 )
 INSERT INTO user_realtime AS r (user_id, event_timestamp, recent_item_ids, session_events, last_event_ts)
 SELECT u.external_id, l.last_at, coalesce(rc.items, '{}'), coalesce(s.events, 0), extract(epoch FROM l.last_at)::bigint
@@ -125,7 +128,7 @@ def build_realtime(conn: psycopg.Connection) -> BuildResult:
     started = time.perf_counter()
     before = _count(conn, "user_realtime")
     with conn.transaction():
-        conn.execute(_REALTIME_SQL)
+        conn.execute(_REALTIME_SQL, {"n": RECENT_ITEMS, "gap": SESSION_GAP_S})
     return BuildResult("user_realtime", before, _count(conn, "user_realtime"), 0, time.perf_counter() - started)
 
 
