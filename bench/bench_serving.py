@@ -10,7 +10,8 @@ scale steps). Usage (with the stack's RECSTACK_* environment):
 Open-loop load: requests start on a fixed schedule whatever the answers do (no coordinated omission), from one
 asyncio client in this process. Writes bench/results/serving.json.
 
-Modes: ``fused`` and ``graph`` go through Serve's HTTP proxy, as `recstack serve` users do. ``-direct`` sends the
+Modes: ``fused`` and ``graph`` go through Serve's HTTP proxy; ``-front`` through the balancer `recstack serve` puts on
+the API port on a local Ray (serving/front.py: what its users call). ``-direct`` sends the
 requests to the ingress replicas' own HTTP servers instead (Ray Serve's direct ingress, on with
 RAY_SERVE_THROUGHPUT_OPTIMIZED; the targets come from Serve's target groups, what a cluster load balancer is given),
 spread round robin by the client: the proxy hop is skipped, as behind a load balancer in production.
@@ -118,8 +119,13 @@ def serve_mode(mode: str, port: int, num_cpus: int | None = None) -> list[str]:
         ray.shutdown()
     os.environ.update(env)  # Serve reads it at import, in the Ray processes started below
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    proxy_port = free_port() if "front" in flags else port
+    serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
     serve.run(build_app({"mode": shape}), name="recstack", route_prefix="/")
+    if "front" in flags:  # as `recstack serve` does on a local Ray: the balancer on the API port
+        from serving.front import start_front
+
+        start_front("127.0.0.1", port, "recstack", proxy_port)
     url = f"http://127.0.0.1:{port}"
     import requests
 
@@ -141,8 +147,8 @@ def main() -> None:
         "--modes",
         nargs="+",
         default=["fused", "fused-direct", "graph"],
-        help='graph | fused, optionally with "-direct" (skip the proxy) and "-tp" or "-default" (force '
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED on or off)",
+        help='graph | fused, optionally with "-front" (the balancer recstack serve starts), "-direct" (skip the proxy) '
+        'and "-tp" or "-default" (force RAY_SERVE_THROUGHPUT_OPTIMIZED on or off)',
     )
     parser.add_argument(
         "--cache",

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         default="fused",
         description="graph: one Ray Serve deployment per stage; fused: all stages in one replica (fewer hops).",
     )
+    serve_front: bool = Field(
+        default=True,
+        description="`recstack serve` on a local Ray puts a TCP balancer over the ingress replicas' own servers on the "
+        "API port (serving/front.py) and Serve's proxy on another port; false: Serve's proxy on the API port.",
+    )
     serve_throughput_optimized: bool = Field(
         default=True,
         description="Start Ray Serve with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (user code on the replica's own event loop, "
