@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.common import free_port, open_loop, percentiles_ms, report
 from recstack import stack
@@ -85,16 +84,12 @@ def in_process_p50(users: list[str], n: int = 300) -> dict[str, float]:
 
 def direct_targets(app: str) -> list[str]:
     """The ingress replicas' own HTTP servers, from Serve's target groups (what a load balancer is given)."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from serving.front import target_ports
 
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     for _ in range(60):
-        groups: list[Any] = ray.get(controller.get_target_groups.remote(app))
-        targets = [t for g in groups if str(g.protocol).upper().endswith("HTTP") for t in g.targets]
-        if targets and all("proxy" not in t.name.lower() for t in targets):
-            # Targets carry the node's IP; the replicas here listen where the proxy does (127.0.0.1).
-            return [f"http://127.0.0.1:{t.port}" for t in targets]
+        ports = target_ports(app, replicas_only=True)
+        if ports:
+            return [f"http://127.0.0.1:{port}" for port in ports]
         time.sleep(1)
     raise RuntimeError("no direct ingress targets: is RAY_SERVE_THROUGHPUT_OPTIMIZED on?")
 

@@ -102,12 +102,18 @@ def main() -> None:
             fit[name] = float(raw)
         model = ease_fit(history, fit["l2"], int(fit["head"]), fit["user_weight"])
         rows[variant] = score(model.weights, history if name == "no_recency" else query, seen, users)
-    base = metrics.per_user(rows["ease (recstack evaluate's baseline)"], relevant, 10)["ndcg"]
     print(f"{args.protocol}, {len(users)} users, NDCG@10 ({time.perf_counter() - started:.0f} s)")
+    report(rows, relevant, "ease (recstack evaluate's baseline)")
+
+
+def report(rows: dict[str, list[np.ndarray]], relevant: list[dict[int, int]], baseline: str) -> None:
+    """NDCG@10 of each method's slates and its ratio to ``baseline``'s, with the paired bootstrap 95% interval."""
+    base = metrics.per_user(rows[baseline], relevant, 10)["ndcg"]
+    width = max(len(name) for name in rows)
     for name, slates in rows.items():
         ndcg = metrics.per_user(slates, relevant, 10)["ndcg"]
         ratio, lo, hi = metrics.paired_bootstrap_ratio(ndcg, base)
-        print(f"  {name:40s} {ndcg.mean():.4f}  {ratio:.3f}x EASE (95% CI {lo:.3f}-{hi:.3f})")
+        print(f"  {name:{width}s} {ndcg.mean():.4f}  {ratio:.3f}x EASE (95% CI {lo:.3f}-{hi:.3f})")
 
 
 if __name__ == "__main__":

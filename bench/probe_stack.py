@@ -32,16 +32,13 @@ import pandas as pd
 from scipy import sparse
 
 from bench.bench_quality import MIN_YEAR_TS, read_ratings
-from training import baselines, metrics
+from bench.probe_item_item import report
+from training import baselines
 from training import item_item as served
 from training.interactions import Interactions
 from training.protocols import ProtocolConfig, split
 
 N_CAND = 100
-
-
-def sub(ev: Interactions, mask: np.ndarray) -> Interactions:
-    return Interactions(ev.user[mask], ev.item[mask], ev.event_type[mask], ev.value[mask], ev.ts[mask])
 
 
 class Sources:
@@ -292,14 +289,14 @@ def main() -> None:
         held = held_positives(user[tr], item[tr], h.valid & h.positive)
         keep = np.zeros(len(user), bool)
         keep[tr[~(h.valid | h.test)]] = True
-        frame = Sources(sub(ev, keep), n_users, n_items, genres, year).frame(np.array(sorted(held)))
+        frame = Sources(ev.take(keep), n_users, n_items, genres, year).frame(np.array(sorted(held)))
         frame["label"] = labels(frame, held)
         frame["kind"] = kind
         frames.append(frame[frame.groupby("user")["label"].transform("sum") > 0])
         found, total = frame["label"].sum(), sum(len(v) for v in held.values())
         print(f"fold {k} ({kind}): {len(held)} users, {found} of {total} labels among the candidates", flush=True)
     data = pd.concat(frames, ignore_index=True)
-    src = Sources(sub(ev, ~hold.test), n_users, n_items, genres, year)
+    src = Sources(ev.take(~hold.test), n_users, n_items, genres, year)
     frame = src.frame(test_users)
     ease = baselines.ease(src.pos, l2=200.0)
     ease_slates = []
@@ -308,7 +305,6 @@ def main() -> None:
         s[src.seen[int(u)].indices] = -np.inf
         top = np.argpartition(-s, 10)[:10]
         ease_slates.append(top[np.argsort(-s[top])])
-    base = metrics.per_user(ease_slates, relevant, 10)["ndcg"]
     recall = labels(frame, test).sum() / sum(len(v) for v in test.values())
     print(
         f"{args.protocol}: {len(test_users)} users, candidate recall@{N_CAND} {recall:.3f}",
@@ -319,10 +315,7 @@ def main() -> None:
     for kind in ["all", *sorted(set(data["kind"]))]:
         model = fit(data if kind == "all" else data[data["kind"] == kind], features)
         rows[f"ranker ({kind} folds)"] = slates(frame, model.predict_proba(frame[features])[:, 1], test_users)
-    for name, method_slates in rows.items():
-        ndcg = metrics.per_user(method_slates, relevant, 10)["ndcg"]
-        ratio, lo, hi = metrics.paired_bootstrap_ratio(ndcg, base)
-        print(f"  {name:26s} {ndcg.mean():.4f}  {ratio:.3f}x EASE (95% CI {lo:.3f}-{hi:.3f})")
+    report(rows, relevant, "ease")
 
 
 if __name__ == "__main__":

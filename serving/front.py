@@ -75,15 +75,18 @@ class Balancer:
                     writer.close()
 
 
-def target_ports(app_name: str) -> list[int]:
+def target_ports(app_name: str, replicas_only: bool = False) -> list[int]:
     """Ports of the HTTP targets Serve lists for ``app_name``: its ingress replicas' servers, or its proxy while the app
-    has no replica (on one machine they all listen on the serve host)."""
+    has no replica (``replicas_only``: none then). On one machine they all listen on the serve host."""
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     groups: list[Any] = ray.get(controller.get_target_groups.remote(app_name), timeout=10)
-    return [int(t.port) for g in groups if str(g.protocol).upper().endswith("HTTP") for t in g.targets]
+    targets = [t for g in groups if str(g.protocol).upper().endswith("HTTP") for t in g.targets]
+    if replicas_only and any("proxy" in t.name.lower() for t in targets):
+        return []
+    return [int(t.port) for t in targets]
 
 
 class Front:
@@ -105,9 +108,6 @@ class Front:
 
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-    def targets(self) -> list[str]:
-        return list(self.balancer.targets)
 
     async def _refresh(self) -> None:
         while True:
