@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, description="When set, every endpoint but health needs X-API-Key.")
     stage_deadline_ms: float = Field(default=150, gt=0, le=10_000, description="Per-stage deadline when serving.")
     recommend_max_inflight: int = Field(
-        default=16,
+        default=8,
         ge=0,
         le=10_000,
         description="/recommend requests one API process works on at once; beyond it the answer is 503 with "
