@@ -5,7 +5,7 @@ One command prepares a small trained stack in a throwaway RECSTACK_HOME (its own
 size-limited tmpfs so that its disk can be filled), serves it (`recstack serve --detach`: fused, 2 replicas), runs
 every fault and prints one table:
 
-    python -m bench.bench_faults [--faults kill-replica redis-stop postgres-restart kill-proxy disk-full]
+    python -m bench.bench_faults [--faults kill-replica redis-stop postgres-restart kill-proxy kill-front disk-full]
 
 Per fault: ``--baseline`` seconds of load, the fault injected, held ``hold_s`` (bench/faults.py), repaired, then
 ``--recovery`` seconds more of load. Measured: /recommend answers by status ("no answer": no HTTP answer within

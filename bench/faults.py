@@ -105,6 +105,16 @@ def kill_proxy(settings: Settings, undo: Undo) -> str:
     return f"killed proxy pid {proxies[0].pid}"
 
 
+def kill_front(settings: Settings, undo: Undo) -> str:
+    """kill -9 the balancer on the API port (serving/front.py, the URL `recstack serve` prints); Ray restarts the
+    actor, which binds the port again in its constructor."""
+    fronts = ray_workers(settings, "ray::Front")
+    if not fronts:
+        raise RuntimeError("no balancer (ray::Front) process found: was the stack served with RECSTACK_SERVE_FRONT?")
+    fronts[0].kill()
+    return f"killed balancer pid {fronts[0].pid}"
+
+
 def stop_redis(settings: Settings, undo: Undo) -> str:
     """SIGSTOP the embedded Redis: it keeps its sockets open but answers nothing (hung, not dead)."""
     pid = _embedded_pid(settings, "redis")
@@ -180,7 +190,7 @@ def _used_bytes(path: Path) -> int:
 
 
 def _nothing(settings: Settings, undo: Undo) -> str:
-    return "(Serve restarts it by itself)"
+    return "(Serve or Ray restarts it by itself)"
 
 
 def _restart_now(settings: Settings, undo: Undo) -> str:
@@ -192,5 +202,6 @@ FAULTS: dict[str, Fault] = {
     "redis-stop": Fault("SIGSTOP Redis 10 s", stop_redis, continue_redis, hold_s=10),
     "postgres-restart": Fault("restart Postgres", stop_postgres, _restart_now, hold_s=0),
     "kill-proxy": Fault("kill -9 Serve proxy", kill_proxy, _nothing, hold_s=10, self_healing=True),
+    "kill-front": Fault("kill -9 the API port's balancer", kill_front, _nothing, hold_s=10, self_healing=True),
     "disk-full": Fault("state disk full 15 s", fill_state_disk, free_state_disk, hold_s=15),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recstack.stages.item_item import RECENCY_FLOOR, UserHistory, history_weights, query_weights
 from recstack.stages.retrieve import ItemItemIndex, UserState
@@ -31,10 +32,11 @@ def test_the_query_weighs_recent_items_more() -> None:
     assert weights[0] > weights[1] > weights[2] >= RECENCY_FLOOR  # 5 newest (its latest event), then 6, then 7
 
 
-def test_history_weights_touched_half_positive_full_negative_zero() -> None:
-    kind = np.array(["rating", "rating", "view", "like", "dislike", "skip"], object)
-    value = np.array([5.0, 2.0, np.nan, np.nan, np.nan, np.nan])
-    assert history_weights(kind, value).tolist() == [1.0, 0.5, 0.5, 1.0, 0.0, 0.0]
+def test_history_weights_grade_ratings_touched_half_positive_full_negative_zero() -> None:
+    kind = np.array(["rating", "rating", "rating", "rating", "view", "like", "dislike", "skip"], object)
+    value = np.array([5.0, 3.0, 1.0, np.nan, np.nan, np.nan, np.nan, np.nan])
+    weights = history_weights(kind, value).tolist()
+    assert weights == pytest.approx([1.0, 0.5, 0.05, 0.5, 0.5, 1.0, 0.0, 0.0])
 
 
 def test_ease_neighbours_recommend_the_users_own_taste_group() -> None:
