@@ -41,7 +41,7 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 class Balancer:
-    """Round-robin TCP forwarding to ``targets`` (``host:port`` strings), kept fresh by ``refresh``."""
+    """Round-robin TCP forwarding to ``targets`` (``host:port`` strings), replaced by ``Front._refresh``."""
 
     def __init__(self, targets: list[str] | None = None) -> None:
         self.targets: list[str] = list(targets or [])
