@@ -90,6 +90,43 @@ def test_the_online_store_survives_down_and_up(own_env: dict[str, str]) -> None:
         recstack_cli("down", env=own_env)
 
 
+def test_up_waits_for_redis_to_read_its_snapshot_back(own_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted Redis answers LOADING until its snapshot is read (15 s for a 1M-user online store): `up` waits for
+    it instead of reporting a server that did not start and leaving it running. The start wait is cut to 0.2 s so a
+    small snapshot shows it here."""
+    settings = Settings(**{k.removeprefix("RECSTACK_").lower(): v for k, v in own_env.items()})
+    assert recstack_cli("up", env=own_env).returncode == 0
+    try:
+        with stack.redis_client(settings) as client:
+            client.execute_command("DEBUG", "POPULATE", 2_000_000, "recstack-test")
+        assert recstack_cli("down", env=own_env).returncode == 0
+        monkeypatch.setattr(stack, "REDIS_START_S", 0.2)
+        stack.up(settings)
+        with stack.redis_client(settings) as client:
+            assert client.dbsize() == 2_000_000
+    finally:
+        recstack_cli("down", env=own_env)
+
+
+def test_a_redis_port_in_use_is_named_and_leaves_nothing_running(own_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(own_env["RECSTACK_REDIS_PORT"])))
+        taken.listen(1)
+        try:
+            result = recstack_cli("up", env=own_env)
+        finally:
+            recstack_cli("down", env=own_env)
+    assert result.returncode == 1
+    assert "Redis did not start" in result.stderr and "Failed listening" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    running = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if own_env["RECSTACK_REDIS_PORT"] in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not running
+
+
 def test_unreachable_external_postgres_is_one_line_without_password(own_env: dict[str, str]) -> None:
     port = free_port()  # nothing listens there
     env = {**own_env, "RECSTACK_POSTGRES_DSN": f"postgresql://app:hunter2@127.0.0.1:{port}/reco"}
