@@ -47,6 +47,9 @@ RESULT_CACHE_MISSES = Counter(
 MODEL_INFO = Info("recstack_model", "The promoted ranker version this replica serves", registry=REGISTRY)
 
 KEY_PREFIX = "recstack:metrics:"
+# The live replicas' names, scored by when each last published: a scrape reads this index, never SCANs the keyspace
+# (which holds every user's online features and history: at 1M users a SCAN for the snapshots took 4.3 s a scrape).
+INDEX_KEY = "recstack:metrics-replicas"
 PUBLISH_S = 5.0
 SNAPSHOT_TTL_S = 30
 
@@ -65,8 +68,14 @@ def snapshot() -> str:
 
 
 def publish(client: redis_lib.Redis) -> None:
-    """Write this process's snapshot under its own key (expiring: a replica that died drops out)."""
-    client.set(KEY_PREFIX + _replica, snapshot(), ex=SNAPSHOT_TTL_S)
+    """Write this process's snapshot under its own key (expiring: a replica that died drops out) and its name in the
+    index of live replicas, dropping the names not published for ``SNAPSHOT_TTL_S``."""
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(KEY_PREFIX + _replica, snapshot(), ex=SNAPSHOT_TTL_S)
+    pipe.zadd(INDEX_KEY, {_replica: now})
+    pipe.zremrangebyscore(INDEX_KEY, "-inf", now - SNAPSHOT_TTL_S)
+    pipe.execute()
 
 
 def start_publishing(role: str, connect: Callable[[], redis_lib.Redis]) -> None:
@@ -93,9 +102,10 @@ def start_publishing(role: str, connect: Callable[[], redis_lib.Redis]) -> None:
 
 def published(client: redis_lib.Redis) -> dict[str, str]:
     """Every other live replica's latest snapshot, by replica name."""
-    keys = [k for k in client.scan_iter(match=KEY_PREFIX + "*", count=200) if _text(k) != KEY_PREFIX + _replica]
-    values = client.mget(keys) if keys else []  # one round trip for every replica's snapshot
-    return {_text(k).removeprefix(KEY_PREFIX): _text(v) for k, v in zip(keys, values, strict=True) if v is not None}
+    live: list[bytes] = client.zrangebyscore(INDEX_KEY, time.time() - SNAPSHOT_TTL_S, "+inf")  # type: ignore[assignment]
+    names = [name for name in map(_text, live) if name != _replica]
+    values = client.mget([KEY_PREFIX + name for name in names]) if names else []  # one round trip for all
+    return {name: _text(v) for name, v in zip(names, values, strict=True) if v is not None}
 
 
 def _text(value: bytes | str) -> str:

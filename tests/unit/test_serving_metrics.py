@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,17 +31,23 @@ def _samples(text: bytes, name: str) -> dict[str, dict[str, str]]:
 
 
 class FakeRedis:
-    def __init__(self, values: dict[str, str], fail: bool = False) -> None:
-        self.values, self.fail = values, fail
+    """The replica index (names scored by publish time) and the snapshots, as publish writes them."""
 
-    def scan_iter(self, match: str, count: int) -> list[bytes]:
+    def __init__(
+        self, values: dict[str, str], fail: bool = False, published_at: dict[str, float] | None = None
+    ) -> None:
+        self.values, self.fail = values, fail
+        now = time.time()
+        self.index = published_at or {k.removeprefix(metrics.KEY_PREFIX): now for k in values}
+
+    def zrangebyscore(self, key: str, low: float, high: str) -> list[bytes]:
         if self.fail:
             raise redis.ConnectionError("down")
-        prefix = match.rstrip("*")
-        return [k.encode() for k in self.values if k.startswith(prefix)]
+        assert key == metrics.INDEX_KEY
+        return [name.encode() for name, at in self.index.items() if at >= low]
 
-    def mget(self, keys: list[bytes]) -> list[bytes | None]:
-        values = [self.values.get(k.decode()) for k in keys]
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        values = [self.values.get(k) for k in keys]
         return [v.encode() if v is not None else None for v in values]
 
 
@@ -70,3 +78,15 @@ def test_render_without_redis_is_this_replicas_series_alone() -> None:
     metrics.FEEDBACK.labels("stored").inc()
     merged = metrics.render(FakeRedis({}, fail=True))  # type: ignore[arg-type]
     assert set(_samples(merged, "recstack_feedback_events_total")) == {metrics.replica_name()}
+
+
+def test_a_replica_that_stopped_publishing_drops_out_of_the_scrape() -> None:
+    now = time.time()
+    client = FakeRedis(
+        {
+            metrics.KEY_PREFIX + "Ranker-b-2": _replica_text(5, "v2"),
+            metrics.KEY_PREFIX + "Ranker-c-3": _replica_text(7, "v3"),
+        },
+        published_at={"Ranker-b-2": now, "Ranker-c-3": now - metrics.SNAPSHOT_TTL_S - 1},
+    )
+    assert set(metrics.published(client)) == {"Ranker-b-2"}  # type: ignore[arg-type]
