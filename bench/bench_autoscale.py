@@ -30,7 +30,7 @@ from bench.bench_serving import sample_users, serve_mode
 from bench.common import Answer, free_port, open_loop, report
 
 RESULTS = Path(__file__).with_name("results")
-DEPLOYMENTS = ("Ingress", "Retriever", "FeatureLookup", "Ranker", "Reranker")
+DEPLOYMENTS = ("Ingress", "Retriever", "FeatureLookup", "Ranker")
 APP = "recstack"
 
 

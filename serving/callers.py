@@ -130,14 +130,14 @@ def _remote(method: Any) -> Callable[..., Awaitable[Any]]:
     return call
 
 
-def handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Any) -> Callers:
-    """Callers over the stage deployments' Serve handles (graph mode)."""
+def handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Reranker) -> Callers:
+    """Callers over the stage deployments' Serve handles (graph mode); the rerank runs in this process."""
     return Callers(
         retrieve=_remote(retriever.retrieve),
         popular=_remote(retriever.popular),
         lookup=_remote(lookup.lookup),
         rank=_remote(ranker.rank),
-        rerank=_remote(reranker.rerank),
+        rerank=StagePool("rerank").caller(reranker.rerank),
         explain=_remote(ranker.explain),
         promoted=_remote(ranker.promoted),
         order=_remote(ranker.order),

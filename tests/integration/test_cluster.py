@@ -361,12 +361,7 @@ def test_serve_deploy_ranks_on_a_worker_and_survives_losing_it(
     assert body["model_version"] == trained_on_cluster and not body["degraded"], body
     (ranker_node,) = _replica_nodes(cluster, "Ranker")
     assert ranker_node in WORKERS
-    print(
-        {
-            name: _replica_nodes(cluster, name)
-            for name in ("Ingress", "Retriever", "FeatureLookup", "Ranker", "Reranker")
-        }
-    )
+    print({name: _replica_nodes(cluster, name) for name in ("Ingress", "Retriever", "FeatureLookup", "Ranker")})
 
     answers: list[tuple[float, int, bool]] = []  # (seconds since the kill, status, normal answer)
     stop = threading.Event()

@@ -1,5 +1,6 @@
 """The recommendation API over real HTTP: the Ray Serve deployment graph (Ingress -> Retriever -> FeatureLookup ->
-Ranker -> Reranker) on a local Ray, against the embedded Postgres (pgvector) and Redis with a trained model.
+Ranker, the rerank in the ingress) on a local Ray, against the embedded Postgres (pgvector) and Redis with a trained
+model.
 
 Tests run in file order; the Redis outage test is last."""
 

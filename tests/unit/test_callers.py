@@ -7,8 +7,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from serving.app import LookupDeployment, RankerDeployment, RerankerDeployment, RetrieverDeployment
+from serving.app import LookupDeployment, RankerDeployment, RetrieverDeployment
 from serving.callers import handle_callers
+from serving.runtimes import Reranker
 
 
 class RecordingHandle:
@@ -27,10 +28,9 @@ def test_every_handle_call_is_a_method_of_its_deployment() -> None:
         "Retriever": RetrieverDeployment,
         "FeatureLookup": LookupDeployment,
         "Ranker": RankerDeployment,
-        "Reranker": RerankerDeployment,
     }
     handles = {name: RecordingHandle() for name in deployments}
-    handle_callers(handles["Retriever"], handles["FeatureLookup"], handles["Ranker"], handles["Reranker"])
+    handle_callers(handles["Retriever"], handles["FeatureLookup"], handles["Ranker"], Reranker())
     for name, deployment in deployments.items():
         assert handles[name].methods, name
         stage = deployment.func_or_class  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ def test_serve_config_and_rayservice_match_serve_build(tmp_path: Path) -> None:
     assert committed == built, "serving/serve_config.yaml is stale: re-run `serve build serving.app:graph_app`"
     assert in_cluster == built, "infra/k8s/rayservice.yaml serveConfigV2 differs from `serve build`"
     names = {d["name"] for d in built[0]["deployments"]}
-    assert names == {"Ingress", "Retriever", "FeatureLookup", "Ranker", "Reranker"}
+    assert names == {"Ingress", "Retriever", "FeatureLookup", "Ranker"}
     assert all(0.25 <= d["ray_actor_options"]["num_cpus"] <= 1 for d in built[0]["deployments"])
     assert all("autoscaling_config" in d for d in built[0]["deployments"])
 
