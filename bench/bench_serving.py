@@ -101,10 +101,10 @@ def serve_mode(mode: str, port: int, num_cpus: int | None = None) -> list[str]:
     import os
 
     import ray
-    from ray import serve
 
     from serving.app import build_app
     from serving.cli import ray_serve_env
+    from serving.front import run_app
 
     shape, *flags = mode.split("-")
     env = ray_serve_env(get_settings())
@@ -114,13 +114,7 @@ def serve_mode(mode: str, port: int, num_cpus: int | None = None) -> list[str]:
         ray.shutdown()
     os.environ.update(env)  # Serve reads it at import, in the Ray processes started below
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    proxy_port = free_port() if "front" in flags else port
-    serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
-    serve.run(build_app({"mode": shape}), name="recstack", route_prefix="/")
-    if "front" in flags:  # as `recstack serve` does on a local Ray: the balancer on the API port
-        from serving.front import start_front
-
-        start_front("127.0.0.1", port, "recstack", proxy_port)
+    run_app(build_app({"mode": shape}), "127.0.0.1", port, "recstack", "front" in flags)  # as `recstack serve` does
     url = f"http://127.0.0.1:{port}"
     import requests
 

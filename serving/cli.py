@@ -201,9 +201,9 @@ def serve(
 ) -> None:
     """Serve POST /recommend, /feedback, GET /items/{id}/similar, /healthz, /readyz, /metrics, /docs."""
     import ray
-    from ray import serve as ray_serve
 
     from serving.app import build_app
+    from serving.front import run_app
 
     settings = get_settings()
     if mode is not None and mode not in ("graph", "fused"):
@@ -224,15 +224,8 @@ def serve(
     front = (
         settings.serve_front and settings.serve_throughput_optimized and (detach or not os.environ.get("RAY_ADDRESS"))
     )
-    proxy_port = stack.free_port() if front else port
-    ray_serve.start(http_options={"host": host, "port": proxy_port})
-    app = build_app({"mode": mode or settings.serve_mode})
+    proxy_port = run_app(build_app({"mode": mode or settings.serve_mode}), host, port, APP_NAME, front)
     url = f"http://{host}:{port}"
-    ray_serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    if front:
-        from serving.front import start_front
-
-        start_front(host, port, APP_NAME, proxy_port)
     if not wait_ready(url):
         console.print(f"[yellow]the API at {url} is not ready yet (see {url}/readyz)[/]")
     else:

@@ -132,3 +132,19 @@ def start_front(host: str, port: int, app_name: str, proxy_port: int) -> str:
         .remote(host, port, app_name, proxy_port)
     )
     return str(ray.get(actor.address.remote(), timeout=60))
+
+
+def run_app(app: Any, host: str, port: int, app_name: str, front: bool) -> int:
+    """Serve ``app`` on the connected Ray with its URL on ``host:port``: with ``front``, Serve's proxy on a free port
+    and this balancer on the API port (what `recstack serve` does on a local Ray, and bench_serving's "-front"
+    modes); without, Serve's proxy on the API port. Returns the proxy's port."""
+    from ray import serve
+
+    from recstack import stack
+
+    proxy_port = stack.free_port() if front else port
+    serve.start(http_options={"host": host, "port": proxy_port})
+    serve.run(app, name=app_name, route_prefix="/", blocking=False)
+    if front:
+        start_front(host, port, app_name, proxy_port)
+    return proxy_port
