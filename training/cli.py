@@ -68,6 +68,9 @@ def evaluate(
     protocol: str | None = typer.Option(
         None, help="random | temporal | window (default: the one the model was trained with)."
     ),
+    epochs: int | None = typer.Option(
+        None, min=1, max=500, help="Embedding refit epochs (default: the model's, as `train --epochs` set them)."
+    ),
 ) -> None:
     """Evaluate the served pipeline on a held-out part against popularity, item-kNN, EASE and embeddings only."""
     from training.evaluate import HEADLINE, EvalConfig, write_report
@@ -77,7 +80,7 @@ def evaluate(
     if protocol is not None and protocol not in PROTOCOLS:
         raise typer.BadParameter(f"one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
     settings = get_settings()
-    config = EvalConfig(users=users, version=version, protocol=protocol)
+    config = EvalConfig(users=users, version=version, protocol=protocol, epochs=epochs)
     with progress_bars() as progress:
         result = run_evaluate(settings, config, StageProgress(progress))
     paths = write_report(result, settings.reports_dir / "evaluation" / result["model_version"])

@@ -44,7 +44,7 @@ class EvalConfig:
     seed: int = 7
     version: str | None = None  # default: the promoted model
     protocol: str | None = None  # default: the model's
-    epochs: int = 8
+    epochs: int | None = None  # embedding refit epochs; default: the model's (`train --epochs`), else 8
     rerank: RerankParams = field(default_factory=RerankParams)
 
 
@@ -197,13 +197,14 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     popularity = recent_popularity(test.before, n_items)
     all_popularity = np.bincount(test.before.item, minlength=n_items).astype(np.float64)
     started = time.perf_counter()
+    epochs = cfg.epochs or int(window.get("embedding_epochs", 8))
     embeddings = train_embeddings(
         test.before,
         catalog.n_users,
         n_items,
-        epochs=cfg.epochs,
+        epochs=epochs,
         seed=int(window.get("seed", 42)),
-        progress=lambda epoch, loss: step("embeddings", epoch, cfg.epochs),
+        progress=lambda epoch, loss: step("embeddings", epoch, epochs),
     )
     ii: ItemItem = item_item.fit_ease(item_item.history_matrix(test.before, catalog.n_users, n_items))
     history_x = item_item.query_matrix(test.before, catalog.n_users, n_items)
@@ -276,6 +277,7 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
             "relevance": "best grade per held-out item: 3 purchase/like/rating>=4, 2 click, 1 view",
             "popularity_window_days": POPULARITY_DAYS,
             "sample_seed": cfg.seed,
+            "embedding_epochs": epochs,
         },
         "methods": results,
         "method_seconds": method_s,

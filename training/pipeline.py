@@ -366,6 +366,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         "seed": config.seed,
         "valid_days": config.valid_days,
         "test_days": config.test_days,
+        "embedding_epochs": config.epochs,  # evaluate refits the embeddings as training fitted them
         "events": len(events),
         "ranker_labels": int(holdout.valid.sum()),
         "ranker_history": int(holdout.train.sum()),
