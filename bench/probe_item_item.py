@@ -7,7 +7,8 @@ The served relevance-only /recommend figure equals the ``served`` row (checked a
 
 A probe, not a test: use it to try a change to the item-item source before running bench_quality through the API.
 Variants: ``no_recency`` (the query without the recency factor), ``l2=<x>``, ``head=<n>``, ``user_weight=<g>``
-(each user's rows weigh n_items^-g in the Gram matrix). Nothing is downloaded; keep MovieLens out of the repo.
+(each user's rows weigh n_items^-g in the Gram matrix), ``neighbours=<n>`` (each row cut to its n largest weights),
+or several joined by commas (``head=8000,neighbours=200``). Nothing is downloaded; keep MovieLens out of the repo.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from training.interactions import Interactions
 from training.protocols import ProtocolConfig, split
 
 
-def ease_fit(x: sparse.csr_matrix, l2: float, head: int, user_weight: float = 0.0) -> ItemItem:
+def ease_fit(
+    x: sparse.csr_matrix, l2: float, head: int, user_weight: float = 0.0, neighbours: int | None = None
+) -> ItemItem:
     """training.item_item.fit_ease with the users' rows optionally weighted in the Gram matrix."""
     if not user_weight:
-        return served.fit_ease(x, l2=l2, max_items=head)
+        return served.fit_ease(x, l2=l2, max_items=head, neighbours=neighbours)
     n = np.asarray((x > 0).sum(1)).ravel().astype(np.float64) + 1
     w = n**-user_weight
-    return served.fit_ease(sparse.diags(np.sqrt(w / w.mean())) @ x, l2=l2, max_items=head)
+    return served.fit_ease(sparse.diags(np.sqrt(w / w.mean())) @ x, l2=l2, max_items=head, neighbours=neighbours)
 
 
 def score(weights: sparse.spmatrix | np.ndarray, query: sparse.csr_matrix, seen: sparse.csr_matrix, users: np.ndarray):  # type: ignore[no-untyped-def]
@@ -96,12 +99,15 @@ def main() -> None:
     rows["ease (recstack evaluate's baseline)"] = score(dense, positives, seen, users)
     rows["served"] = score(served.fit_ease(history).weights, query, seen, users)
     for variant in args.variants:
-        name, _, raw = variant.partition("=")
-        fit = {"l2": served.L2, "head": served.MAX_ITEMS, "user_weight": 0.0}
-        if name in fit:
-            fit[name] = float(raw)
-        model = ease_fit(history, fit["l2"], int(fit["head"]), fit["user_weight"])
-        rows[variant] = score(model.weights, history if name == "no_recency" else query, seen, users)
+        fit = {"l2": served.L2, "head": served.MAX_ITEMS, "user_weight": 0.0, "neighbours": 0.0}
+        names = set()
+        for part in variant.split(","):  # several knobs at once: head=8000,neighbours=200
+            name, _, raw = part.partition("=")
+            names.add(name)
+            if name in fit:
+                fit[name] = float(raw)
+        model = ease_fit(history, fit["l2"], int(fit["head"]), fit["user_weight"], int(fit["neighbours"]) or None)
+        rows[variant] = score(model.weights, history if "no_recency" in names else query, seen, users)
     print(f"{args.protocol}, {len(users)} users, NDCG@10 ({time.perf_counter() - started:.0f} s)")
     report(rows, relevant, "ease (recstack evaluate's baseline)")
 
