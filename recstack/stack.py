@@ -290,15 +290,15 @@ def _start_redis(settings: Settings) -> int:
         {},
         "starting Redis",
     )
-    started, limit, pid = time.monotonic(), REDIS_START_S, None
-    while time.monotonic() - started < limit:
+    started, loading, pid = time.monotonic(), False, None
+    while time.monotonic() - started < (REDIS_LOAD_S if loading else REDIS_START_S):
         try:
             pid = int(pidfile.read_text().strip())
             with redis_client(settings) as client:
                 client.ping()
             return pid
         except redis.BusyLoadingError:  # alive, reading its snapshot back (a 1M-user online store: ~15 s)
-            limit = REDIS_LOAD_S
+            loading = True
             time.sleep(0.2)
         except (FileNotFoundError, ValueError, redis.RedisError):
             time.sleep(0.05)
@@ -306,7 +306,7 @@ def _start_redis(settings: Settings) -> int:
         _terminate(pid)
     log = settings.redis_dir / "redis.log"
     said = [line.split(" # ", 1)[-1] for line in _tail(log) if " # " in line and " # WARNING" not in line]
-    if limit == REDIS_LOAD_S:
+    if loading:
         said.append(f"still reading its snapshot after {REDIS_LOAD_S} s")
     reason = f" ({said[-1]})" if said else ""
     raise StackError(f"Redis did not start on 127.0.0.1:{settings.redis_port}{reason}; see {log}")
