@@ -14,6 +14,7 @@ serving.app:build_app`` work, and ``recstack serve`` calls it. Nothing runs at i
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, cast
 
 from fastapi import FastAPI
@@ -129,11 +130,25 @@ FUSED_AUTOSCALING: dict[str, Any] = {
 
 
 def replica_setup(role: str) -> None:
-    """First thing in every deployment's constructor: math libraries on one thread, loopback-only on a laptop, and
-    this replica's metrics published for every replica's /metrics (serving/metrics.py)."""
+    """First thing in every deployment's constructor: math libraries on one thread, loopback-only on a laptop,
+    recstack's logs in the replica's log file, and this replica's metrics published for every replica's /metrics
+    (serving/metrics.py)."""
     limit_math_threads()
     ray_runtime.bind_replica_servers_to_loopback()
+    log_to_replica_file()
     metrics.start_publishing(role, lambda: stack.redis_client(get_settings()))
+
+
+def log_to_replica_file() -> None:
+    """recstack's log records (why a stage degraded an answer, a model not loaded) into this replica's Serve log
+    file (logs/serve/replica_<app>_<deployment>_<id>.log), next to Serve's own: Serve configures only its own
+    logger in a replica, so they were dropped."""
+    serve_logger, ours = logging.getLogger("ray.serve"), logging.getLogger("recstack")
+    for handler in serve_logger.handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
 
 @serve.deployment(**stage_options("Retriever"))

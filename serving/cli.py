@@ -126,6 +126,11 @@ def connect_local_ray(settings: Settings, runtime_env: dict[str, Any]) -> None:
 # proxy killed under load left the API port refusing connections for about 33 s (bench/bench_faults.py). A dead
 # actor fails its check at once, so every 2 s it is replaced in about 6 s plus its start; a check is one small RPC.
 PROXY_HEALTH_CHECK_PERIOD_S = 2
+# A replica's log records are written at once. RAY_SERVE_THROUGHPUT_OPTIMIZED buffers 1,000 of them before writing
+# (ray/serve/_private/constants.py): an ingress's "feature lookup or ranking failed (...)" warnings, and even Serve's
+# "Started initializing replica", were never written by a replica that logged fewer, nor by one killed before its
+# buffer filled; a CI failure's replica log was empty. With access logs off, a healthy replica logs nothing a request.
+LOG_BUFFER_RECORDS = 1
 
 
 def ray_serve_env(settings: Settings) -> dict[str, str]:
@@ -133,6 +138,7 @@ def ray_serve_env(settings: Settings) -> dict[str, str]:
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.serve_throughput_optimized else "0",
         "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": str(PROXY_HEALTH_CHECK_PERIOD_S),
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": str(LOG_BUFFER_RECORDS),
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from recstack.settings import Settings
 from serving.cli import ray_serve_env
 
-DOCKERFILE = Path(__file__).resolve().parents[2] / "infra" / "Dockerfile"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 
 def test_a_dead_serve_proxy_is_replaced_within_seconds() -> None:
@@ -20,6 +20,11 @@ def test_a_dead_serve_proxy_is_replaced_within_seconds() -> None:
     assert period * PROXY_HEALTH_CHECK_UNHEALTHY_THRESHOLD <= 10
 
 
-def test_the_image_sets_the_same_serve_environment() -> None:
-    image = dict(re.findall(r"\b(RAY_SERVE_[A-Z_]+)=(\S+)", DOCKERFILE.read_text()))
-    assert image == ray_serve_env(Settings(serve_throughput_optimized=True))
+def test_the_image_and_the_vm_cluster_set_the_same_serve_environment() -> None:
+    expected = ray_serve_env(Settings(serve_throughput_optimized=True))
+    image = dict(re.findall(r"\b(RAY_SERVE_[A-Z_]+)=(\S+)", (INFRA / "Dockerfile").read_text()))
+    assert image == expected
+    starts = [line for line in (INFRA / "ray" / "cluster.yaml").read_text().splitlines() if "ray start" in line]
+    assert len(starts) == 2
+    for line in starts:
+        assert dict(re.findall(r"\b(RAY_SERVE_[A-Z_]+)=(\S+)", line)) == expected, line
