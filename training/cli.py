@@ -19,7 +19,9 @@ def train(
     protocol: str = typer.Option(
         "random", help="How ranker labels are held out: random (each user's positives 80/10/10), temporal, window."
     ),
-    ranker_users: int = typer.Option(20000, min=10, help="Users with held-out positives in the ranker set."),
+    ranker_users: int = typer.Option(
+        5000, min=10, help="Users with held-out positives in the ranker set (TrainConfig.ranker_users says why 5000)."
+    ),
     promote: bool = typer.Option(True, help="Promote the new model (serving loads the promoted one)."),
     force: bool = typer.Option(False, "--force", help="Train even when the data validation gate fails."),
     seed: int = typer.Option(42, help="Seed: the same data and seed give the same model."),
