@@ -8,11 +8,13 @@ Why it is faster than ``FeatureStore.get_online_features`` (about 19 ms for 500 
 Python): item features change only when `recstack materialize` runs, so a replica keeps them as column arrays in
 memory, tagged with the materialization version Redis carries (``MATERIALIZED_VERSION_KEY``). A request costs one
 pipelined round trip (the user's hash for every user view + the version) and a numpy gather for the items. A version
-change, or a cache older than ``max_age_s``, reloads the item columns from Redis.
+change, or a cache older than ``max_age_s``, reloads the item columns from Redis in a background thread; requests keep
+the columns they have until the new ones are read.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import time
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import redis
     from feast import FeatureStore
 
+log = logging.getLogger("recstack.features")
 MATERIALIZED_VERSION_KEY = "recstack:materialized_version"
 _STRING = 2  # feast ValueType.STRING
 _CHUNK = 2_000
@@ -128,6 +131,7 @@ class OnlineLookup:
         self._index: dict[str, int] = {}
         self._columns: dict[str, np.ndarray] = {}
         self._item_ids: list[str] = []
+        self._reloading = False  # one background reload of the item columns at a time
 
     @classmethod
     def from_store(
@@ -209,6 +213,28 @@ class OnlineLookup:
             self._loaded_at = time.monotonic()
         return version
 
+    def _reload_in_background(self) -> None:
+        """Re-read the item columns on a thread of their own, one reload at a time, while requests keep the columns
+        they have (a materialization old, for as long as the reload takes). On the request path, at 1M users / 100k
+        items, the reload took 5 s: after every materialize and every ``max_age_s``, each of the replica's lookups
+        waited for it (or ran it again) and missed its deadline."""
+        with self._lock:
+            if self._reloading:
+                return
+            self._reloading = True
+        ids = self._item_ids
+
+        def reload() -> None:
+            try:
+                self.load_items(ids)
+            except Exception as err:  # Redis unreachable: the columns stay; the next request's check tries again
+                log.warning("item feature columns not reloaded (%s)", err)
+            finally:
+                with self._lock:
+                    self._reloading = False
+
+        threading.Thread(target=reload, name="item-features-reload", daemon=True).start()
+
     def _extend(self, new_ids: list[str]) -> None:
         """Add items this replica has not read yet (new in the catalog, or absent from Redis: kept as missing)."""
         columns = self._read_items(new_ids)
@@ -245,7 +271,7 @@ class OnlineLookup:
         version = int(version_raw or 0)
         stale = version != self._version or time.monotonic() - self._loaded_at > self.max_age_s
         if stale and self._item_ids:
-            self.load_items(self._item_ids)
+            self._reload_in_background()
         unseen = list(dict.fromkeys(i for i in item_ids if i not in self._index))
         if unseen:
             self._extend(unseen)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -196,8 +197,10 @@ def test_fast_lookup_equals_feast_on_random_entities(featured: Settings) -> None
     try:
         assert lookup.lookup("nobody", ["i0000001"]).items["item_features__popularity_30d"][0] != 123456
         bump_materialized_version(client)
-        refreshed = lookup.lookup("nobody", ["i0000001"])
-        assert refreshed.version == version + 1
+        deadline = time.monotonic() + 30  # the reload runs in the background; lookups answer meanwhile
+        while (refreshed := lookup.lookup("nobody", ["i0000001"])).version != version + 1:
+            assert time.monotonic() < deadline, "the item columns were not reloaded after a version bump"
+            time.sleep(0.05)
         assert refreshed.items["item_features__popularity_30d"][0] == 123456
     finally:
         materialize(featured)  # restores the materialized values (and bumps the version)
