@@ -122,6 +122,7 @@ class Retriever:
         self._item_item: ItemItemIndex | None = None
         self._item_item_checked = 0.0
         self._item_item_lock = threading.Lock()
+        self._item_item_loading = False  # a new set is being read in the background
         self._head_floor = 0.0  # the catalog's long-tail floor, read with each new trained set
         self._order_by: str | None = None  # the live set's model's single-source order, read with it
         try:
@@ -131,7 +132,10 @@ class Retriever:
 
     def item_item(self) -> ItemItemIndex | None:
         """The stored item-item neighbours, reloaded when training writes a new set (checked every few seconds);
-        the long-tail floor (rerank.head_floor over the trained popularity) is re-read with them."""
+        the long-tail floor (rerank.head_floor over the trained popularity) is re-read with them. A new set is
+        read on a thread of its own while requests keep the set they have (at 1M users / 100k items reading it
+        takes ~1 s, which every retrieval of the replica waited out behind this lock, past its deadline); only the
+        first set, with none to serve meanwhile, is read here."""
         if time.monotonic() - self._item_item_checked < MODEL_CHECK_S:
             return self._item_item
         with self._item_item_lock:
@@ -141,16 +145,36 @@ class Retriever:
 
             with self.pool.connection() as conn:
                 stored = neighbours.version(conn)
-                if stored is None:
-                    self._item_item = None
-                elif self._item_item is None or self._item_item.version != stored:
-                    rows = conn.execute("SELECT item_id, popularity FROM item_vectors ORDER BY item_id").fetchall()
-                    ids = np.array([r[0] for r in rows], np.int64)
-                    self._item_item = ItemItemIndex(ids, neighbours.load(conn, ids), stored)
-                    self._head_floor = head_floor(np.array([r[1] or 0.0 for r in rows], np.float64))
-                    self._order_by = _order_by(conn, stored)
+            if stored is None:
+                self._item_item = None
+            elif self._item_item is None:
+                self._load_item_item(stored)
+            elif self._item_item.version != stored and not self._item_item_loading:
+                self._item_item_loading = True
+                threading.Thread(
+                    target=self._load_item_item, args=(stored,), name="item-item-reload", daemon=True
+                ).start()
             self._item_item_checked = time.monotonic()
         return self._item_item
+
+    def _load_item_item(self, version: str) -> None:
+        """Read set ``version`` with its long-tail floor and its model's order, then serve them (one assignment)."""
+        from recstack.tables import neighbours
+
+        try:
+            with self.pool.connection() as conn:
+                rows = conn.execute("SELECT item_id, popularity FROM item_vectors ORDER BY item_id").fetchall()
+                ids = np.array([r[0] for r in rows], np.int64)
+                loaded = ItemItemIndex(ids, neighbours.load(conn, ids), version)
+                floor = head_floor(np.array([r[1] or 0.0 for r in rows], np.float64))
+                order_by = _order_by(conn, version)
+            self._item_item, self._head_floor, self._order_by = loaded, floor, order_by
+        except Exception as err:
+            if self._item_item is None:  # the first set: the caller degrades this request
+                raise
+            log.warning("item-item set %s not loaded (%s); retried at the next check", version, err)
+        finally:
+            self._item_item_loading = False
 
     def recent_items(self, user_id: str) -> list[str]:
         try:
