@@ -141,8 +141,8 @@ def replica_setup(role: str) -> None:
 
 def log_to_replica_file() -> None:
     """recstack's log records (why a stage degraded an answer, a model not loaded) into this replica's Serve log
-    file (logs/serve/replica_<app>_<deployment>_<id>.log), next to Serve's own: Serve configures only its own
-    logger in a replica, so they were dropped."""
+    file (logs/serve/replica_<app>_<deployment>_<id>.log) at their own level: Serve configures only its own logger
+    in a replica, so they reached that file only through its capture of stderr, every warning as an INFO line."""
     serve_logger, ours = logging.getLogger("ray.serve"), logging.getLogger("recstack")
     for handler in serve_logger.handlers:
         if handler not in ours.handlers:
