@@ -134,6 +134,28 @@ def start_front(host: str, port: int, app_name: str, proxy_port: int) -> str:
     return str(ray.get(actor.address.remote(), timeout=60))
 
 
+# Serve's controller replaces a proxy that fails 3 readiness checks (5 s each) in a row; on a machine busy with
+# training (load average > 3 on the 2 cores) the first proxy was replaced while `serve.start` waited on it, and
+# `recstack serve` failed with ActorDiedError although the controller had started another proxy.
+SERVE_START_TRIES = 3
+
+
+def start_serve(http_options: dict[str, Any]) -> None:
+    """``serve.start``, again when the proxy it waited for was replaced (the next call finds the running controller
+    and its new proxy)."""
+    from ray import serve
+    from ray.exceptions import ActorDiedError
+
+    for attempt in range(1, SERVE_START_TRIES + 1):
+        try:
+            serve.start(http_options=http_options)
+            return
+        except ActorDiedError as err:
+            if attempt == SERVE_START_TRIES:
+                raise
+            log.warning("Serve's proxy was replaced while starting (%s); waiting for the next one", err)
+
+
 def run_app(app: Any, host: str, port: int, app_name: str, front: bool) -> int:
     """Serve ``app`` on the connected Ray with its URL on ``host:port``: with ``front``, Serve's proxy on a free port
     and this balancer on the API port (what `recstack serve` does on a local Ray, and bench_serving's "-front"
@@ -143,7 +165,7 @@ def run_app(app: Any, host: str, port: int, app_name: str, front: bool) -> int:
     from recstack import stack
 
     proxy_port = stack.free_port() if front else port
-    serve.start(http_options={"host": host, "port": proxy_port})
+    start_serve({"host": host, "port": proxy_port})
     serve.run(app, name=app_name, route_prefix="/", blocking=False)
     if front:
         start_front(host, port, app_name, proxy_port)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from recstack.stack import free_port
 from serving.front import Balancer
 
@@ -48,3 +50,33 @@ def test_connections_go_round_robin_and_a_refusing_target_is_skipped() -> None:
     answers = asyncio.run(scenario())
     assert answers[:3] == [b"a 1\n", b"b 2\n", b"b 3\n"]  # the dead target's turn went to the next one
     assert answers[3] == b"a " + b"x" * 200_000 + b"\n"
+
+
+def test_serve_start_waits_again_when_its_proxy_was_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded machine Serve's controller replaced a proxy slow to start while serve.start waited on it
+    (ActorDiedError); `recstack serve` failed although the next proxy came up."""
+    from ray import serve
+    from ray.exceptions import ActorDiedError
+
+    from serving.front import SERVE_START_TRIES, start_serve
+
+    calls: list[dict[str, object]] = []
+
+    def flaky_start(http_options: dict[str, object]) -> None:
+        calls.append(http_options)
+        if len(calls) == 1:
+            raise ActorDiedError()
+
+    monkeypatch.setattr(serve, "start", flaky_start)
+    start_serve({"host": "127.0.0.1", "port": 1})
+    assert len(calls) == 2
+
+    def always_dies(http_options: dict[str, object]) -> None:
+        calls.append(http_options)
+        raise ActorDiedError()
+
+    calls.clear()
+    monkeypatch.setattr(serve, "start", always_dies)
+    with pytest.raises(ActorDiedError):
+        start_serve({"host": "127.0.0.1", "port": 1})
+    assert len(calls) == SERVE_START_TRIES
