@@ -55,6 +55,22 @@ def test_ease_keeps_whole_rows_over_the_head_by_default() -> None:
     assert len(np.unique(head.nonzero()[0])) == 8 and len(np.unique(head.nonzero()[1])) <= 8  # head items only
 
 
+def test_the_head_is_the_frequent_items_and_rows_are_cut_past_the_weight_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training import item_item
+
+    touched = np.array([50] * 2200 + [3] * 7000)  # ml-latest-small's shape: ~2.2k items with 10+ ratings
+    assert item_item.head_size(touched) == 2200
+    assert item_item.head_size(np.array([4] * 300)) == 300  # tiny data: every touched item, up to MIN_HEAD
+    assert item_item.head_size(np.array([200] * 100_000)) == item_item.MAX_ITEMS  # 1M users / 100k items
+    events = _two_taste_groups()
+    x = history_matrix(events, 200, 21)
+    monkeypatch.setattr(item_item, "MAX_WEIGHTS", 21 * 5)  # the 21-item head's whole rows no longer fit
+    cut = fit_ease(x, l2=10.0).weights.tocsr()
+    assert np.diff(cut.indptr).max() == 5  # each row keeps its 5 largest magnitudes
+
+
 def test_serving_scores_equal_the_offline_scores() -> None:
     events = _two_taste_groups()
     ii = fit_ease(history_matrix(events, 200, 21), l2=10.0, neighbours=10)
