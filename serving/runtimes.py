@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recstack import stack
+from recstack.reload import BackgroundReload
 from recstack.settings import Settings
 from recstack.stages.item_item import UserHistory
 from recstack.stages.rank import RankContext, contributions, model_columns, score
@@ -122,7 +123,7 @@ class Retriever:
         self._item_item: ItemItemIndex | None = None
         self._item_item_checked = 0.0
         self._item_item_lock = threading.Lock()
-        self._item_item_loading = False  # a new set is being read in the background
+        self._item_item_reload = BackgroundReload("item-item-reload")  # a new set, read off the request path
         self._head_floor = 0.0  # the catalog's long-tail floor, read with each new trained set
         self._order_by: str | None = None  # the live set's model's single-source order, read with it
         try:
@@ -149,11 +150,8 @@ class Retriever:
                 self._item_item = None
             elif self._item_item is None:
                 self._load_item_item(stored)
-            elif self._item_item.version != stored and not self._item_item_loading:
-                self._item_item_loading = True
-                threading.Thread(
-                    target=self._load_item_item, args=(stored,), name="item-item-reload", daemon=True
-                ).start()
+            elif self._item_item.version != stored:
+                self._item_item_reload.start(lambda: self._load_item_item(stored))
             self._item_item_checked = time.monotonic()
         return self._item_item
 
@@ -173,8 +171,6 @@ class Retriever:
             if self._item_item is None:  # the first set: the caller degrades this request
                 raise
             log.warning("item-item set %s not loaded (%s); retried at the next check", version, err)
-        finally:
-            self._item_item_loading = False
 
     def recent_items(self, user_id: str) -> list[str]:
         try:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recstack.reload import BackgroundReload
 from recstack.stages.item_item import ItemItem
 from recstack.tables import neighbours
 from serving import runtimes
@@ -48,7 +49,8 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
     retriever = Retriever.__new__(Retriever)
     retriever.pool = FakePool()  # type: ignore[assignment]
     retriever._item_item, retriever._item_item_checked = None, 0.0
-    retriever._item_item_lock, retriever._item_item_loading = threading.Lock(), False
+    retriever._item_item_lock = threading.Lock()
+    retriever._item_item_reload = BackgroundReload("item-item-reload")
     first = retriever.item_item()
     assert first is not None and first.version == "v1"  # the first set is read at once
 
