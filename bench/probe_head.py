@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bench.probe_item_item import report
 from recstack import db, stack
 from recstack.settings import get_settings
 from training import baselines, item_item, protocols
 from training.evaluate import EvalConfig, build_test_set, score_slates
 from training.interactions import load_catalog, load_interactions
-from training.metrics import paired_bootstrap_ratio, per_user
 
 BASELINE = "ease (recstack evaluate's baseline)"
 
@@ -61,10 +61,7 @@ def main() -> None:
         scores = np.asarray((queries @ model.weights.tocsr()).todense())
         slates[variant] = score_slates(test, n_items, _rows_of(scores, row), 10)
         print(f"{variant}: {model.weights.nnz} weights ({time.perf_counter() - started:.0f} s)", flush=True)
-    ndcg = {name: per_user(s, test.relevant, 10)["ndcg"] for name, s in slates.items()}
-    for name, values in ndcg.items():
-        ratio, low, high = paired_bootstrap_ratio(values, ndcg[BASELINE], seed=1)
-        print(f"  {name:36s} {values.mean():.4f}  {ratio:.3f}x EASE (95% CI {low:.3f}-{high:.3f})")
+    report(slates, test.relevant, BASELINE)  # bench/probe_item_item.py's table
 
 
 if __name__ == "__main__":
