@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 
-from recstack import ray_runtime, stack
+from recstack import heap, ray_runtime, stack
 from recstack.settings import Settings, get_settings
 from recstack.stages.rerank import RerankParams
 from serving import metrics
@@ -58,7 +58,9 @@ def local_backend(settings: Settings | None = None, config: AppConfig | None = N
     settings = settings or get_settings()
     retriever, ranker, lookup = Retriever(settings), Ranker(settings), FeatureLookup(settings)
     callers = in_process_callers(retriever, lookup, ranker, Reranker())
-    return build_backend(settings, config or AppConfig(), callers)
+    backend = build_backend(settings, config or AppConfig(), callers)
+    heap.settle(full=True)
+    return backend
 
 
 # -- Ray Serve --------------------------------------------------------------------------------------------------
@@ -156,6 +158,7 @@ class RetrieverDeployment(Retriever):
     def __init__(self) -> None:
         replica_setup("Retriever")
         super().__init__(get_settings())
+        heap.settle(full=True)
 
 
 @serve.deployment(**stage_options("FeatureLookup"))
@@ -163,6 +166,7 @@ class LookupDeployment(FeatureLookup):
     def __init__(self) -> None:
         replica_setup("FeatureLookup")
         super().__init__(get_settings())  # warms the item cache: ready() once constructed
+        heap.settle(full=True)
 
 
 @serve.deployment(**stage_options("Ranker"))
@@ -170,6 +174,7 @@ class RankerDeployment(Ranker):
     def __init__(self) -> None:
         replica_setup("Ranker")
         super().__init__(get_settings())
+        heap.settle(full=True)
 
 
 @serve.deployment(
@@ -195,6 +200,7 @@ class Ingress:
         else:
             backend = local_backend(settings, app_config)
         self.api = create_api(backend, settings)
+        heap.settle(full=True)  # imports, registry, catalog columns: never walked by a collection mid-request
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.api

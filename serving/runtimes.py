@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recstack import stack
+from recstack import heap, stack
 from recstack.reload import BackgroundReload
 from recstack.settings import Settings
 from recstack.stages.item_item import UserHistory
@@ -167,6 +167,7 @@ class Retriever:
                 floor = head_floor(np.array([r[1] or 0.0 for r in rows], np.float64))
                 order_by = _order_by(conn, version)
             self._item_item, self._head_floor, self._order_by = loaded, floor, order_by
+            heap.settle()
         except Exception as err:
             if self._item_item is None:  # the first set: the caller degrades this request
                 raise

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recstack import heap
 from recstack.reload import BackgroundReload
 
 if TYPE_CHECKING:
@@ -213,6 +214,7 @@ class OnlineLookup:
             self._item_ids = ids
             self._version = version
             self._loaded_at = time.monotonic()
+        heap.settle()  # the new columns (one object per item and feature) out of the collector's walks
         return version
 
     def _reload_in_background(self) -> None:
