@@ -7,7 +7,9 @@ item-item order when the trained model serves it (at 1M users, head 2500: 0.0687
     RECSTACK_HOME=... python -m bench.probe_head default 2500 8000:1000
 
 Variants: ``default`` (fit_ease's defaults), ``<head>`` (whole rows on that many of the most touched items, if they
-fit the weight budget) or ``<head>:<n>`` (rows cut to their n largest magnitudes).
+fit the weight budget) or ``<head>:<n>`` (rows cut to their n largest magnitudes), any of them with ``,l2=<x>`` (the
+ridge penalty instead of the default: ``default,l2=400``), or ``selected`` (the penalty `recstack train` chooses,
+training.item_item.select_l2 on its random split of the history).
 """
 
 from __future__ import annotations
@@ -53,11 +55,27 @@ def main() -> None:
     row = {int(u): n for n, u in enumerate(test.users)}
     for variant in args.variants:
         started = time.perf_counter()
-        if variant == "default":
-            model = item_item.fit_ease(history)
+        shape, _, penalty = variant.partition(",l2=")
+        l2 = float(penalty) if penalty else item_item.L2
+        if shape == "selected":  # the penalty `recstack train` (defaults) chooses: on its random split of the history
+            before = test.before
+            inner = protocols.split(
+                before.user, before.item, before.event_type, before.value, before.ts, protocols.ProtocolConfig(seed=42)
+            )
+            chosen = item_item.select_l2(
+                before.take(inner.train),
+                before.take(inner.valid),
+                before.take(inner.train | inner.test),
+                catalog.n_users,
+                n_items,
+            )
+            print(f"selected l2 {chosen.l2:g}, valid NDCG@10 by l2 {chosen.ndcg}", flush=True)
+            shape, l2 = "default", chosen.l2
+        if shape == "default":
+            model = item_item.fit_ease(history, l2=l2)
         else:
-            head, _, cut = variant.partition(":")
-            model = item_item.fit_ease(history, max_items=int(head), neighbours=int(cut) if cut else None)
+            head, _, cut = shape.partition(":")
+            model = item_item.fit_ease(history, l2=l2, max_items=int(head), neighbours=int(cut) if cut else None)
         scores = np.asarray((queries @ model.weights.tocsr()).todense())
         slates[variant] = score_slates(test, n_items, _rows_of(scores, row), 10)
         print(f"{variant}: {model.weights.nnz} weights ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -60,10 +60,20 @@ def ease(x: sparse.csr_matrix, l2: float = 200.0, max_items: int = 8000) -> Item
 
 def ease_weights(x: sparse.csr_matrix, l2: float) -> np.ndarray:
     """The dense EASE^R weights of the columns of ``x``: B = I - P / diag(P), P = (X'X + l2 I)^-1, diag(B) = 0."""
+    return ease_from_gram(gram_matrix(x), l2)
+
+
+def gram_matrix(x: sparse.csr_matrix) -> np.ndarray:
+    """X'X, dense, in float64."""
     xh = x.astype(np.float64)
-    gram = (xh.T @ xh).toarray()
-    gram[np.diag_indices_from(gram)] += l2
-    p = np.linalg.inv(gram)
+    return np.asarray((xh.T @ xh).toarray())
+
+
+def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
+    """``ease_weights`` from X'X (one Gram matrix serves every penalty tried)."""
+    penalised = gram.copy()
+    penalised[np.diag_indices_from(penalised)] += l2
+    p = np.linalg.inv(penalised)
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0)
     return b

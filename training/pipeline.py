@@ -3,7 +3,8 @@ pgvector.
 
 The events are split by an evaluation protocol (training/protocols.py; default ``random``: each user's positives
 80/10/10 into train / valid / test, seed recorded in the model):
-  1. Embeddings E1 and item-item weights II1 on the train part; candidates for every user with valid positives
+  1. Embeddings E1 and item-item weights II1 on the train part (the item-item ridge penalty chosen on the valid part's
+     positives, training.item_item.select_l2; II2 keeps it); candidates for every user with valid positives
      (up to ``ranker_users``), labelled by the valid part; Feast features point-in-time at the user's first held-out
      event (later, the user's own held-out ratings are inside the item and user aggregates: on ml-latest-small that
      leak made the ranker look 1.4x better than item-item on held-out users and lose to it on the real test) ->
@@ -287,8 +288,9 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     )
     timed("embeddings_train_part_s", started)
     started = time.perf_counter()
-    x1 = item_item.history_matrix(history, catalog.n_users, catalog.n_items)
-    ii1 = item_item.fit_ease(x1)
+    step("item-item", 0, 1)
+    selected = item_item.select_l2(history, valid, seen, catalog.n_users, catalog.n_items, config.seed)
+    ii1 = selected.model
     timed("item_item_train_part_s", started)
 
     retrieval_1 = retrieval_inputs(e1, content, ii1, item_item.query_matrix(history, catalog.n_users, catalog.n_items))
@@ -363,7 +365,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     )
     timed("embeddings_serving_s", started)
     started = time.perf_counter()
-    ii2 = item_item.fit_ease(item_item.history_matrix(events, catalog.n_users, catalog.n_items))
+    ii2 = item_item.fit_ease(item_item.history_matrix(events, catalog.n_users, catalog.n_items), l2=selected.l2)
     timed("item_item_serving_s", started)
 
     window = {
@@ -388,6 +390,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
                 "categorical": categorical,
                 "retrieval": config.retrieval.__dict__,
                 "order_by": order_by,
+                "item_item_l2": selected.l2,  # chosen on the held-out part (item_item.select_l2)
             },
             metrics={
                 **metrics,
@@ -395,6 +398,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
                 **{f"valid_ndcg@10_by_{k}": round(v, 4) for k, v in orders.items()},
                 "ranker_vs_best_source": [round(gain, 4), round(gain_low, 4), round(gain_high, 4)],
                 "guard_users": len(per_user["ranker"]),
+                "item_item_valid_ndcg@10_by_l2": {f"{k:g}": round(v, 4) for k, v in sorted(selected.ndcg.items())},
             },
             data_window=window,
             artifact_uri=settings.artifact_uri,
