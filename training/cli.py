@@ -61,6 +61,11 @@ def train(
         + (f"{report.order_by} (the ranker did not beat it clearly)" if report.order_by else "the ranker"),
         highlight=False,
     )
+    tried = ", ".join(f"{l2:g} {ndcg:.4f}" for l2, ndcg in sorted(report.item_item_valid_ndcg.items()))
+    console.print(
+        f"item-item ridge penalty {report.item_item_l2:g} (held-out NDCG@10 by penalty: {tried or 'none judged'})",
+        highlight=False,
+    )
 
 
 def evaluate(

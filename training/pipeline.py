@@ -82,6 +82,8 @@ class TrainReport:
     order_by: str | None = None  # a source's score serves instead of the ranker (it did not beat that source)
     valid_orders: dict[str, float] = field(default_factory=dict)
     ranker_vs_best_source: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))  # ratio, 95% CI
+    item_item_l2: float = float("nan")  # the item-item source's ridge penalty, chosen on the valid part
+    item_item_valid_ndcg: dict[float, float] = field(default_factory=dict)  # held-out NDCG@10 by penalty tried
 
 
 def retrieval_inputs(
@@ -291,6 +293,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     step("item-item", 0, 1)
     selected = item_item.select_l2(history, valid, seen, catalog.n_users, catalog.n_items, config.seed)
     ii1 = selected.model
+    step("item-item", 1, 1)
     timed("item_item_train_part_s", started)
 
     retrieval_1 = retrieval_inputs(e1, content, ii1, item_item.query_matrix(history, catalog.n_users, catalog.n_items))
@@ -424,4 +427,6 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         order_by=order_by,
         valid_orders=orders,
         ranker_vs_best_source=(gain, gain_low, gain_high),
+        item_item_l2=selected.l2,
+        item_item_valid_ndcg=selected.ndcg,
     )
