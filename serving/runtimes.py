@@ -189,8 +189,8 @@ class Retriever:
         self, user_id: str, filters: Filters, exclude: list[str], model_version: str | None = None
     ) -> CandidateSet:
         """Candidates for a request ranked by ``model_version`` (None: the promoted model). When that model is the
-        live set's and orders by the item-item score alone, the vector sources are skipped once the item-item
-        source fills the rerank pool (recstack.stages.retrieve.retrieve: the slate is the same, at half the cost)."""
+        live set's and orders by the item-item score alone, the collaborative source is skipped and the content one cut
+        once the item-item source fills the rerank pool (recstack.stages.retrieve.retrieve)."""
         recent = self.recent_items(user_id)[: self.params.recent]
         try:
             item_item = self.item_item()

@@ -32,6 +32,7 @@ CANDIDATE_FEATURES = [*SOURCE_FEATURES, *ITEM_ITEM_FEATURES, *SIMILARITY_FEATURE
 
 
 NEAR_DUPLICATE = 0.9  # content similarity above which a new item counts as a copy of what the user engaged with
+ALONE_CONTENT = 10  # content candidates when the item-item source alone orders the slate (``retrieve``)
 
 
 def source_order(features: np.ndarray, source: str) -> np.ndarray:
@@ -401,10 +402,13 @@ def retrieve(
     ``history``: the user's (recstack.tables.history; None: none, as for the popular fallback).
 
     ``item_item_alone_from``: when the slate is ordered by the item-item score alone (the model's ``order_by``), the
-    number of item-item candidates from which the two vector sources are skipped. Every candidate gets its item-item
-    score whichever source found it, so a vector candidate outside the item-item top ranks below all of it: with that
-    many item-item candidates, the top a slate is cut from is the same without the two HNSW scans, which are half of
-    the stage's time (bench/bench_retrieve.py). Unfiltered requests only (a filter may drop item-item candidates)."""
+    number of item-item candidates from which the collaborative vector source is skipped and the content one cut to
+    ``ALONE_CONTENT``. Every candidate gets its item-item score whichever source found it, so a scored candidate
+    outside the item-item top ranks below all of it; only a new item (no neighbours, no vector) can still rank high,
+    as a near-duplicate of the history (``place_cold``), and those are the content scan's nearest. Skipping both
+    scans left such items out of every slate (tests/integration/test_serving.py
+    test_a_new_item_without_interactions_is_reachable_by_content). Unfiltered requests only (a filter may drop
+    item-item candidates)."""
     state = user_state(conn, user_id, recent, history if history is not None else UserHistory.empty())
     query = query_vector(state.user_vector, state.recent_cf)
     content_q = content_query(state.recent_content)
@@ -416,7 +420,7 @@ def retrieve(
         ii_top = item_item.top(ii_scores, state.history.items, params.item_item * (4 if filtered else 1))
         alone_from = item_item_alone_from
         if alone_from is not None and not filtered and len(ii_top) - len(exclude) >= alone_from:
-            params = replace(params, cf=0, content=0)
+            params = replace(params, cf=0, content=min(params.content, ALONE_CONTENT))
     statement, args = candidates_sql(query, content_q, filters, list(exclude), params, ii_top, seen)
     rows = conn.execute(statement, args, binary=True).fetchall()  # binary: vectors arrive as raw float32
     ii = np.zeros((len(rows), len(ITEM_ITEM_FEATURES)), np.float32)

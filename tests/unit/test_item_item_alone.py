@@ -1,5 +1,6 @@
-"""When a model orders slates by the item-item score alone, retrieval skips the two vector sources once the item-item
-source fills the rerank pool (recstack.stages.retrieve.retrieve), and only then."""
+"""When a model orders slates by the item-item score alone, retrieval skips the collaborative vector source and keeps
+only the content source's nearest few once the item-item source fills the rerank pool
+(recstack.stages.retrieve.retrieve), and only then."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from scipy import sparse
 
 from recstack.stages.item_item import ItemItem, UserHistory
-from recstack.stages.retrieve import Filters, ItemItemIndex, RetrievalParams, retrieve
+from recstack.stages.retrieve import ALONE_CONTENT, Filters, ItemItemIndex, RetrievalParams, retrieve
 
 
 class RecordingConnection:
@@ -45,8 +46,9 @@ def _sources(n_items: int, history_items: int, **kwargs: Any) -> dict[str, int]:
     return {"cf": int(candidates["n_cf"]), "content": int(candidates["n_ct"]), "item_item": len(candidates["ii"])}
 
 
-def test_vector_sources_are_skipped_when_item_item_alone_fills_the_pool() -> None:
-    assert _sources(400, 10, item_item_alone_from=100) == {"cf": 0, "content": 0, "item_item": 200}
+def test_vector_sources_are_cut_when_item_item_alone_fills_the_pool() -> None:
+    # the content scan stays for its nearest few: new near-duplicates of the history rank high (place_cold)
+    assert _sources(400, 10, item_item_alone_from=100) == {"cf": 0, "content": ALONE_CONTENT, "item_item": 200}
 
 
 @pytest.mark.parametrize(
