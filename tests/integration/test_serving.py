@@ -618,7 +618,12 @@ def _redis_pid(settings: Settings) -> int:
 def test_redis_outage_degrades_then_recovers_without_restart(api: str, trained_stack: Settings) -> None:
     # Explanations need the online features (Redis) whichever order the model serves; a model that orders by one
     # source's score answers plain requests without them (histories fall back to Postgres).
-    assert not recommend(api, "u0000003", explain=True)["degraded"]
+    # A replica's first explained answers can miss the 150 ms stage deadline while the Ranker warms (its explain
+    # path is cold; CI saw it): the healthy baseline is an explained answer that is not degraded, within 30 s.
+    warm_until = time.monotonic() + 30
+    while recommend(api, "u0000003", explain=True)["degraded"]:
+        assert time.monotonic() < warm_until, "explained answers stayed degraded with Redis up"
+        time.sleep(0.5)
     os.kill(_redis_pid(trained_stack), signal.SIGTERM)
     time.sleep(1.0)
     try:
