@@ -29,6 +29,7 @@ from recstack.stages.retrieve import (
     ItemItemIndex,
     RetrievalParams,
     configure_connection,
+    has_cold_items,
     place_cold,
     retrieve,
     source_order,
@@ -126,6 +127,7 @@ class Retriever:
         self._item_item_reload = BackgroundReload("item-item-reload")  # a new set, read off the request path
         self._head_floor = 0.0  # the catalog's long-tail floor, read with each new trained set
         self._order_by: str | None = None  # the live set's model's single-source order, read with it
+        self._cold_items = True  # any item without a collaborative vector (re-read with each check)
         try:
             self.item_item()
         except Exception as err:
@@ -133,7 +135,8 @@ class Retriever:
 
     def item_item(self) -> ItemItemIndex | None:
         """The stored item-item neighbours, reloaded when training writes a new set (checked every few seconds);
-        the long-tail floor (rerank.head_floor over the trained popularity) is re-read with them. A new set is
+        the long-tail floor (rerank.head_floor over the trained popularity) is re-read with them, and whether the
+        catalog has items only the content source finds (``has_cold_items``, an index probe). A new set is
         read on a thread of its own while requests keep the set they have (at 1M users / 100k items reading it
         takes ~1 s, which every retrieval of the replica waited out behind this lock, past its deadline); only the
         first set, with none to serve meanwhile, is read here."""
@@ -146,6 +149,7 @@ class Retriever:
 
             with self.pool.connection() as conn:
                 stored = neighbours.version(conn)
+                self._cold_items = has_cold_items(conn)
             if stored is None:
                 self._item_item = None
             elif self._item_item is None:
@@ -190,7 +194,8 @@ class Retriever:
     ) -> CandidateSet:
         """Candidates for a request ranked by ``model_version`` (None: the promoted model). When that model is the
         live set's and orders by the item-item score alone, the collaborative source is skipped and the content one cut
-        once the item-item source fills the rerank pool (recstack.stages.retrieve.retrieve)."""
+        (skipped when every item has a collaborative vector) once the item-item source fills the rerank pool
+        (recstack.stages.retrieve.retrieve)."""
         recent = self.recent_items(user_id)[: self.params.recent]
         try:
             item_item = self.item_item()
@@ -204,7 +209,18 @@ class Retriever:
         with self.pool.connection() as conn:
             found = stored if stored is not None else history.from_postgres(conn, user_id)
             out = retrieve(
-                conn, user_id, recent, filters, exclude, self.params, True, item_item, floor, found, alone_from
+                conn,
+                user_id,
+                recent,
+                filters,
+                exclude,
+                self.params,
+                True,
+                item_item,
+                floor,
+                found,
+                alone_from,
+                self._cold_items,
             )
         if stored is None:
             try:  # the next request reads it from Redis

@@ -21,6 +21,7 @@ import schemathesis
 
 from recstack import stack
 from recstack.settings import Settings
+from serving.runtimes import MODEL_CHECK_S
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -404,9 +405,16 @@ def test_a_new_item_without_interactions_is_reachable_by_content(api: str, train
     similar = requests.get(f"{api}/items/{source}/similar?k=10", timeout=10).json()["items"]
     assert "brand-new-item" in [i["item_id"] for i in similar]
     # A user whose recent interest is the source item gets the new item among the candidates (content source).
-    user = "probe-cold-item"
-    assert feedback(api, "probe-cold-1", user, source, "like").status_code == 200
-    found = {i["item_id"] for i in recommend(api, user, k=100)["items"]}
+    # Replicas re-read whether the catalog has such items every few seconds (serving.runtimes MODEL_CHECK_S); each
+    # attempt is a new user (a user's slate is cached until their next event).
+    deadline = time.monotonic() + 4 * MODEL_CHECK_S
+    for attempt in range(100):
+        user = f"probe-cold-item-{attempt}"
+        assert feedback(api, f"probe-cold-{attempt}", user, source, "like").status_code == 200
+        found = {i["item_id"] for i in recommend(api, user, k=100)["items"]}
+        if "brand-new-item" in found or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert "brand-new-item" in found, title
 
 

@@ -1,6 +1,6 @@
 """When a model orders slates by the item-item score alone, retrieval skips the collaborative vector source and keeps
-only the content source's nearest few once the item-item source fills the rerank pool
-(recstack.stages.retrieve.retrieve), and only then."""
+only the content source's nearest few (none when every item has a collaborative vector) once the item-item source
+fills the rerank pool (recstack.stages.retrieve.retrieve), and only then."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def _sources(n_items: int, history_items: int, **kwargs: Any) -> dict[str, int]:
 def test_vector_sources_are_cut_when_item_item_alone_fills_the_pool() -> None:
     # the content scan stays for its nearest few: new near-duplicates of the history rank high (place_cold)
     assert _sources(400, 10, item_item_alone_from=100) == {"cf": 0, "content": ALONE_CONTENT, "item_item": 200}
+
+
+def test_the_content_scan_is_skipped_too_when_every_item_has_a_collaborative_vector() -> None:
+    # no item place_cold could lift: the content scan would only find items the item-item order ranks lower
+    found = _sources(400, 10, item_item_alone_from=100, cold_items=False)
+    assert found == {"cf": 0, "content": 0, "item_item": 200}
+    found = _sources(400, 10, cold_items=False)  # the ranker orders the slate: every source still
+    assert found["content"] == RetrievalParams().content
 
 
 @pytest.mark.parametrize(
