@@ -8,8 +8,8 @@ item-item order when the trained model serves it (at 1M users, head 2500: 0.0687
 
 Variants: ``default`` (fit_ease's defaults), ``<head>`` (whole rows on that many of the most touched items, if they
 fit the weight budget) or ``<head>:<n>`` (rows cut to their n largest magnitudes), any of them with ``,l2=<x>`` (the
-ridge penalty instead of the default: ``default,l2=400``), or ``selected`` (the penalty `recstack train` chooses,
-training.item_item.select_l2 on its random split of the history).
+ridge penalty instead of the default: ``default,l2=400``), or ``selected`` (the fit `recstack train` chooses,
+training.item_item.select on a random split of the history).
 """
 
 from __future__ import annotations
@@ -57,23 +57,17 @@ def main() -> None:
         started = time.perf_counter()
         shape, _, penalty = variant.partition(",l2=")
         l2 = float(penalty) if penalty else item_item.L2
-        if shape == "selected":  # the penalty `recstack train` (defaults) chooses: on its random split of the history
-            before = test.before
-            inner = protocols.split(
-                before.user, before.item, before.event_type, before.value, before.ts, protocols.ProtocolConfig(seed=42)
+        if shape == "selected":  # the fit `recstack train` (defaults) chooses: on a random split of the history
+            chosen = item_item.select_on(test.before, catalog.n_users, n_items)
+            print(f"selected {chosen.choice.label()}, valid NDCG@10 by fit {chosen.ndcg}", flush=True)
+            shape, l2, model = (
+                "selected",
+                chosen.choice.l2,
+                item_item.fit(test.before, catalog.n_users, n_items, chosen.choice),
             )
-            chosen = item_item.select_l2(
-                before.take(inner.train),
-                before.take(inner.valid),
-                before.take(inner.train | inner.test),
-                catalog.n_users,
-                n_items,
-            )
-            print(f"selected l2 {chosen.l2:g}, valid NDCG@10 by l2 {chosen.ndcg}", flush=True)
-            shape, l2 = "default", chosen.l2
         if shape == "default":
             model = item_item.fit_ease(history, l2=l2)
-        else:
+        elif shape != "selected":
             head, _, cut = shape.partition(":")
             model = item_item.fit_ease(history, l2=l2, max_items=int(head), neighbours=int(cut) if cut else None)
         scores = np.asarray((queries @ model.weights.tocsr()).todense())

@@ -6,8 +6,8 @@ The served relevance-only /recommend figure equals the ``served`` row (checked a
     python -m bench.probe_item_item --movielens /tmp/ml-latest-small [--protocol random|temporal]
 
 A probe, not a test: use it to try a change to the item-item source before running bench_quality through the API.
-Variants: ``selected`` (the penalty `recstack train` would choose: training.item_item.select_l2 on its random
-split of this training part), ``no_recency`` (the query without the recency factor), ``l2=<x>``, ``head=<n>``,
+Variants: ``selected`` (the fit `recstack train` would choose: training.item_item.select on a random split of this
+training part), ``no_recency`` (the query without the recency factor), ``l2=<x>``, ``head=<n>``,
 ``user_weight=<g>`` (each user's rows weigh n_items^-g in the Gram matrix), ``neighbours=<n>`` (each row cut to its
 n largest weights), or several joined by commas (``head=8000,neighbours=200``). Nothing is downloaded; keep MovieLens
 out of the repo.
@@ -100,15 +100,10 @@ def main() -> None:
     dense[np.ix_(ease.head, ease.head)] = ease.weights
     rows["ease (recstack evaluate's baseline)"] = score(dense, positives, seen, users)
     rows["served"] = score(served.fit_ease(history).weights, query, seen, users)
-    if "selected" in args.variants:  # as `recstack train` (defaults) fits it: the penalty chosen on its random split
-        inner = split(
-            train.user, train.item, train.event_type, train.value, train.ts, ProtocolConfig("random", seed=42)
-        )
-        chosen = served.select_l2(
-            train.take(inner.train), train.take(inner.valid), train.take(inner.train | inner.test), n_users, n_items
-        )
-        print(f"selected l2 {chosen.l2:g} (valid NDCG@10 by l2 {chosen.ndcg})")
-        rows["selected"] = score(served.fit_ease(history, l2=chosen.l2).weights, query, seen, users)
+    if "selected" in args.variants:  # as `recstack train` (defaults) fits it: chosen on its random split
+        chosen = served.select_on(train, n_users, n_items)
+        print(f"selected {chosen.choice.label()} (valid NDCG@10 by fit {chosen.ndcg})")
+        rows["selected"] = score(served.fit(train, n_users, n_items, chosen.choice).weights, query, seen, users)
     for variant in [v for v in args.variants if v != "selected"]:
         fit = {"l2": served.L2, "head": served.MAX_ITEMS, "user_weight": 0.0, "neighbours": 0.0}
         names = set()

@@ -61,11 +61,9 @@ def train(
         + (f"{report.order_by} (the ranker did not beat it clearly)" if report.order_by else "the ranker"),
         highlight=False,
     )
-    tried = ", ".join(f"{l2:g} {ndcg:.4f}" for l2, ndcg in sorted(report.item_item_valid_ndcg.items()))
-    console.print(
-        f"item-item ridge penalty {report.item_item_l2:g} (held-out NDCG@10 by penalty: {tried or 'none judged'})",
-        highlight=False,
-    )
+    tried = "; ".join(f"{label} {ndcg:.4f}" for label, ndcg in report.item_item_valid_ndcg.items())
+    chosen = report.item_item.label() if report.item_item else "not fit"
+    console.print(f"item-item: {chosen} (held-out NDCG@10 by fit: {tried or 'none judged'})", highlight=False)
 
 
 def evaluate(

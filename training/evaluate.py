@@ -206,8 +206,8 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
         seed=int(window.get("seed", 42)),
         progress=lambda epoch, loss: step("embeddings", epoch, epochs),
     )
-    l2 = float(record.params.get("item_item_l2", item_item.L2))  # the penalty training chose for this data
-    ii: ItemItem = item_item.fit_ease(item_item.history_matrix(test.before, catalog.n_users, n_items), l2=l2)
+    choice = item_item.Choice.from_params(record.params)  # the fit training chose for this data
+    ii: ItemItem = item_item.fit(test.before, catalog.n_users, n_items, choice)
     history_x = item_item.query_matrix(test.before, catalog.n_users, n_items)
     timings["refit_on_history_s"] = round(time.perf_counter() - started, 2)
     item_cf = np.where(embeddings.trained_items[:, None], embeddings.item, 0).astype(np.float32)

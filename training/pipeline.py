@@ -3,8 +3,9 @@ pgvector.
 
 The events are split by an evaluation protocol (training/protocols.py; default ``random``: each user's positives
 80/10/10 into train / valid / test, seed recorded in the model):
-  1. Embeddings E1 and item-item weights II1 on the train part (the item-item ridge penalty chosen on the valid part's
-     positives, training.item_item.select_l2; II2 keeps it); candidates for every user with valid positives
+  1. Embeddings E1 and item-item weights II1 on the train part (the item-item ridge penalty and session model chosen
+     on the valid part's positives, training.item_item.select; II2 keeps the choice); candidates for every user
+     with valid positives
      (up to ``ranker_users``), labelled by the valid part; Feast features point-in-time at the user's first held-out
      event (later, the user's own held-out ratings are inside the item and user aggregates: on ml-latest-small that
      leak made the ranker look 1.4x better than item-item on held-out users and lose to it on the real test) ->
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,9 @@ from training.embeddings import EmbeddingModel, train_embeddings
 from training.interactions import Catalog, Interactions, load_catalog, load_interactions
 from training.metrics import paired_bootstrap_ratio
 from training.ranker import RankerData, fit_config, sort_by_group
+
+if TYPE_CHECKING:
+    from training.item_item import Choice
 
 ProgressFn = Callable[[str, int, int], None]
 TRAIN_SUITES = ["users", "items", "events", "user_features", "item_features"]
@@ -82,8 +86,8 @@ class TrainReport:
     order_by: str | None = None  # a source's score serves instead of the ranker (it did not beat that source)
     valid_orders: dict[str, float] = field(default_factory=dict)
     ranker_vs_best_source: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))  # ratio, 95% CI
-    item_item_l2: float = float("nan")  # the item-item source's ridge penalty, chosen on the valid part
-    item_item_valid_ndcg: dict[float, float] = field(default_factory=dict)  # held-out NDCG@10 by penalty tried
+    item_item: Choice | None = None  # how the item-item source was fit, chosen on the valid part
+    item_item_valid_ndcg: dict[str, float] = field(default_factory=dict)  # held-out NDCG@10 by fit tried
 
 
 def retrieval_inputs(
@@ -291,7 +295,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     timed("embeddings_train_part_s", started)
     started = time.perf_counter()
     step("item-item", 0, 1)
-    selected = item_item.select_l2(history, valid, seen, catalog.n_users, catalog.n_items, config.seed)
+    selected = item_item.select(history, valid, seen, catalog.n_users, catalog.n_items, config.seed)
     ii1 = selected.model
     step("item-item", 1, 1)
     timed("item_item_train_part_s", started)
@@ -368,7 +372,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
     )
     timed("embeddings_serving_s", started)
     started = time.perf_counter()
-    ii2 = item_item.fit_ease(item_item.history_matrix(events, catalog.n_users, catalog.n_items), l2=selected.l2)
+    ii2 = item_item.fit(events, catalog.n_users, catalog.n_items, selected.choice)
     timed("item_item_serving_s", started)
 
     window = {
@@ -393,7 +397,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
                 "categorical": categorical,
                 "retrieval": config.retrieval.__dict__,
                 "order_by": order_by,
-                "item_item_l2": selected.l2,  # chosen on the held-out part (item_item.select_l2)
+                **selected.choice.params(),  # chosen on the held-out part (item_item.select)
             },
             metrics={
                 **metrics,
@@ -401,7 +405,7 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
                 **{f"valid_ndcg@10_by_{k}": round(v, 4) for k, v in orders.items()},
                 "ranker_vs_best_source": [round(gain, 4), round(gain_low, 4), round(gain_high, 4)],
                 "guard_users": len(per_user["ranker"]),
-                "item_item_valid_ndcg@10_by_l2": {f"{k:g}": round(v, 4) for k, v in sorted(selected.ndcg.items())},
+                "item_item_valid_ndcg@10": {k: round(v, 4) for k, v in selected.ndcg.items()},
             },
             data_window=window,
             artifact_uri=settings.artifact_uri,
@@ -427,6 +431,6 @@ def train(settings: Settings, config: TrainConfig, progress: ProgressFn | None =
         order_by=order_by,
         valid_orders=orders,
         ranker_vs_best_source=(gain, gain_low, gain_high),
-        item_item_l2=selected.l2,
+        item_item=selected.choice,
         item_item_valid_ndcg=selected.ndcg,
     )

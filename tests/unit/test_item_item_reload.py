@@ -24,6 +24,9 @@ class FakeConnection:
             def fetchall(self) -> list[tuple[int, float]]:
                 return [(1, 3.0), (2, 1.0)]
 
+            def fetchone(self) -> tuple[bool]:  # recstack.stages.retrieve.has_cold_items
+                return (False,)
+
         return Rows()
 
 
