@@ -225,10 +225,9 @@ def select(
     or doubled (``L2_STEPS`` times at most) for as long as NDCG@10 of the held-out positives of ``held_out`` rises;
     then the sequence model (``sequence_gram``) added at each of ``SEQUENCE_WEIGHTS`` with each of the penalties
     ``SEQUENCE_L2`` (multiples of the chosen one), the best kept if it beats the history model alone by more than
-    ``MIN_GAIN``. Each user's items in
-    ``exclude`` are left out, slates ordered as served (the recency-weighted query); up to ``SELECT_USERS`` users
-    judge. The starting point was tuned on ml-latest-small: this keeps it where the data agree and moves it where
-    they clearly do not (module docstring)."""
+    ``MIN_GAIN``. Each user's items in ``exclude`` are left out, slates ordered as served (the recency-weighted
+    query); up to ``SELECT_USERS`` users judge. The starting point was tuned on ml-latest-small: this keeps it where
+    the data agree and moves it where they clearly do not (module docstring)."""
     x = history_matrix(history, n_users, n_items)
     head = head_items(x)
     positives = baselines.user_item_matrix(held_out, n_users, n_items)
