@@ -191,16 +191,16 @@ class Choice:
 
 
 def fit(events: Interactions, n_users: int, n_items: int, choice: Choice = Choice()) -> ItemItem:
-    """The served item-item weights of ``events`` as ``choice`` says (``fit_ease`` plus the sequence model)."""
+    """The served item-item weights of ``events`` as ``choice`` says: ``fit_ease``'s, plus the sequence model's."""
     x = history_matrix(events, n_users, n_items)
-    if not choice.sequence_weight:
-        return fit_ease(x, l2=choice.l2)
     head = head_items(x)
     if len(head) < 2:
         return ItemItem.empty(n_items)
     b = ease_weights(x[:, head], choice.l2)
-    sequence = baselines.ease_from_gram(sequence_gram(events, head, SEQUENCE_WINDOW), choice.sequence_l2)
-    return as_item_item(b + choice.sequence_weight * sequence, head, n_items)
+    if choice.sequence_weight:
+        sequence = sequence_gram(events, head, SEQUENCE_WINDOW)
+        b += choice.sequence_weight * baselines.ease_from_gram(sequence, choice.sequence_l2)
+    return as_item_item(b, head, n_items)
 
 
 @dataclass
@@ -243,25 +243,18 @@ def select(
         dict.fromkeys(positives.indices[positives.indptr[u] : positives.indptr[u + 1]].tolist(), 1) for u in users
     ]
     gram = baselines.gram_matrix(x[:, head])
-    fits: dict[Choice, ItemItem] = {}  # the history model at every penalty tried, the best sequence model
     ndcg: dict[Choice, float] = {}
 
     def judge(choice: Choice, b: np.ndarray) -> float:
         started = time.perf_counter()
-        model = as_item_item(b, head, n_items)
-        scores = np.asarray((query @ model.weights[head][:, head]).todense(), np.float64)
+        served = as_item_item(b, head, n_items).weights[head][:, head]
+        scores = np.asarray((query @ served).todense(), np.float64)
         scores[seen.nonzero()] = -np.inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
         ndcg[choice] = float(metrics.per_user(list(head[top]), relevant, 10)["ndcg"].mean())
         log.info(
             "item-item %s: held-out NDCG@10 %.4f (%.1f s)", choice.label(), ndcg[choice], time.perf_counter() - started
         )
-        kept = [c for c in fits if c.sequence_weight]  # one sequence model is kept: the best so far
-        if choice.sequence_weight and kept:
-            if ndcg[choice] <= ndcg[kept[0]]:
-                return ndcg[choice]
-            del fits[kept[0]]
-        fits[choice] = model
         return ndcg[choice]
 
     def by_l2(l2: float) -> float:
@@ -271,14 +264,17 @@ def select(
     chosen = Choice(walk(by_l2, L2))
     b = baselines.ease_from_gram(gram, chosen.l2)
     sequence = sequence_gram(history, head, SEQUENCE_WINDOW)
+    best: tuple[Choice, np.ndarray] | None = None  # the best sequence model so far, its weights
     for factor in SEQUENCE_L2:
         b_sequence = baselines.ease_from_gram(sequence, chosen.l2 * factor)
         for weight in SEQUENCE_WEIGHTS:
-            judge(Choice(chosen.l2, weight, chosen.l2 * factor), b + weight * b_sequence)
-    best = max((c for c in ndcg if c.sequence_weight), key=ndcg.__getitem__)
-    if ndcg[best] > ndcg[chosen] * (1 + MIN_GAIN):
-        chosen = best
-    return Selected(chosen, fits[chosen], {c.label(): v for c, v in ndcg.items()})
+            choice = Choice(chosen.l2, weight, chosen.l2 * factor)
+            if judge(choice, b + weight * b_sequence) > (ndcg[best[0]] if best else -1.0):
+                best = (choice, b_sequence)
+    if best is not None and ndcg[best[0]] > ndcg[chosen] * (1 + MIN_GAIN):
+        chosen = best[0]
+        b += chosen.sequence_weight * best[1]
+    return Selected(chosen, as_item_item(b, head, n_items), {c.label(): v for c, v in ndcg.items()})
 
 
 def select_on(events: Interactions, n_users: int, n_items: int, seed: int = 42) -> Selected:
