@@ -101,4 +101,11 @@ def evaluate(
     console.print(table)
     recall = ", ".join(f"{k} {v:.3f}" for k, v in result["candidate_recall"].items())
     console.print(f"candidate recall of the held-out items: {recall}; served order: {result['served_order']}")
+    served = result["served_vs"]
+    best = max(served, key=lambda base: result["methods"][base]["ndcg@10"])
+    low, high = served[best]["ci95"]
+    console.print(
+        f"served pipeline (ranker + rerank) vs the best baseline ({best}): {served[best]['ndcg@10_ratio']:.3f}x "
+        f"(95% CI {low:.3f}-{high:.3f})"
+    )
     console.print(f"report: {paths['markdown']}" + (f"; json: {json_path}" if json_path else ""), highlight=False)

@@ -215,8 +215,16 @@ def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, t
     # The planted tastes are learnable: the trained pipeline finds more than the popularity baseline does.
     assert methods["retrieval_ranker"]["ndcg@10"] > methods["popularity"]["ndcg@10"]
     assert report["protocol"]["name"] == "random" and 0 < report["candidate_recall"]["all"] <= 1
+    # the served pipeline's ratio over each baseline, with its interval, as the acceptance lines state it
+    served = report["served_vs"]["popularity"]
+    ratio = methods["retrieval_ranker_rerank"]["ndcg@10"] / methods["popularity"]["ndcg@10"]
+    assert abs(served["ndcg@10_ratio"] - ratio) < 1e-3 and served["ci95"][0] <= ratio <= served["ci95"][1]
+    assert "served pipeline (ranker + rerank) vs the best baseline" in result.stdout
     folder = trained_stack.reports_dir / "evaluation" / report["model_version"]
     assert (folder / "evaluation.md").read_text().count("| retrieval_ranker |") == 2
+    assert (
+        "## Served (retrieval + ranker + rerank, as /recommend) vs baselines" in (folder / "evaluation.md").read_text()
+    )
     assert (folder / "accuracy.png").stat().st_size > 1000 and (folder / "exposure.png").stat().st_size > 1000
 
 
