@@ -234,8 +234,10 @@ def candidates_sql(
     zero_ct = f"array_fill(0, ARRAY[{CONTENT_DIM}])::vector"
     params.update(
         {
-            "q": "[" + ",".join(f"{x:.6g}" for x in query) + "]" if query is not None else None,
-            "c": "[" + ",".join(f"{x:.6g}" for x in content_q) + "]" if content_q is not None else None,
+            # as arrays: pgvector's binary dumper (configure_connection) sends the floats as they are, without
+            # formatting 448 of them as text here and parsing them there on every request
+            "q": np.asarray(query, np.float32) if query is not None else None,
+            "c": np.asarray(content_q, np.float32) if content_q is not None else None,
             "n_cf": p.cf if query is not None else 0,
             "n_ct": p.content if content_q is not None else 0,
             "n_pop": p.popular,
