@@ -198,9 +198,14 @@ def fit(events: Interactions, n_users: int, n_items: int, choice: Choice = Choic
         return ItemItem.empty(n_items)
     b = ease_weights(x[:, head], choice.l2)
     if choice.sequence_weight:
-        sequence = sequence_gram(events, head, SEQUENCE_WINDOW)
-        b += choice.sequence_weight * baselines.ease_from_gram(sequence, choice.sequence_l2)
+        b = blend(b, choice, baselines.ease_from_gram(sequence_gram(events, head, SEQUENCE_WINDOW), choice.sequence_l2))
     return as_item_item(b, head, n_items)
+
+
+def blend(b_history: np.ndarray, choice: Choice, b_sequence: np.ndarray) -> np.ndarray:
+    """The served weights over the head: the history model's plus ``choice.sequence_weight`` times the sequence
+    model's (EASE of ``sequence_gram`` at ``choice.sequence_l2``), what ``fit`` serves and ``select`` judges."""
+    return b_history + choice.sequence_weight * b_sequence
 
 
 @dataclass
@@ -269,11 +274,11 @@ def select(
         b_sequence = baselines.ease_from_gram(sequence, chosen.l2 * factor)
         for weight in SEQUENCE_WEIGHTS:
             choice = Choice(chosen.l2, weight, chosen.l2 * factor)
-            if judge(choice, b + weight * b_sequence) > (ndcg[best[0]] if best else -1.0):
+            if judge(choice, blend(b, choice, b_sequence)) > (ndcg[best[0]] if best else -1.0):
                 best = (choice, b_sequence)
     if best is not None and ndcg[best[0]] > ndcg[chosen] * (1 + MIN_GAIN):
         chosen = best[0]
-        b += chosen.sequence_weight * best[1]
+        b = blend(b, chosen, best[1])
     return Selected(chosen, as_item_item(b, head, n_items), {c.label(): v for c, v in ndcg.items()})
 
 
