@@ -20,7 +20,9 @@ import numpy as np
 from recstack import heap, stack
 from recstack.reload import BackgroundReload
 from recstack.settings import Settings
+from recstack.stages import item_table
 from recstack.stages.item_item import UserHistory
+from recstack.stages.item_table import ItemTable
 from recstack.stages.rank import RankContext, contributions, model_columns, score
 from recstack.stages.rerank import Candidates, RerankParams, head_floor, rerank
 from recstack.stages.retrieve import (
@@ -128,6 +130,9 @@ class Retriever:
         self._head_floor = 0.0  # the catalog's long-tail floor, read with each new trained set
         self._order_by: str | None = None  # the live set's model's single-source order, read with it
         self._cold_items = True  # any item without a collaborative vector (re-read with each check)
+        # the catalog in memory while the live model orders by the item-item score (recstack.stages.item_table)
+        self._table: ItemTable | None = None
+        self._table_reload = BackgroundReload("item-table-reload")
         try:
             self.item_item()
         except Exception as err:
@@ -150,14 +155,28 @@ class Retriever:
             with self.pool.connection() as conn:
                 stored = neighbours.version(conn)
                 self._cold_items = has_cold_items(conn)
+                catalog = item_table.epoch(conn)
             if stored is None:
                 self._item_item = None
             elif self._item_item is None:
                 self._load_item_item(stored)
             elif self._item_item.version != stored:
                 self._item_item_reload.start(lambda: self._load_item_item(stored))
+            if self._order_by != "ii_score":
+                self._table = None  # other orders scan the vector indexes: the statement serves them
+            elif self._table is None or self._table.epoch != catalog:
+                self._table_reload.start(self._load_table)  # the statement serves until it is read
             self._item_item_checked = time.monotonic()
         return self._item_item
+
+    def _load_table(self) -> None:
+        try:
+            with self.pool.connection() as conn:
+                loaded = item_table.load(conn)
+            self._table = loaded
+            heap.settle()
+        except Exception as err:
+            log.warning("catalog not read into memory (%s); retried at the next check", err)
 
     def _load_item_item(self, version: str) -> None:
         """Read set ``version`` with its long-tail floor and its model's order, then serve them (one assignment)."""
@@ -221,6 +240,7 @@ class Retriever:
                 found,
                 alone_from,
                 self._cold_items,
+                self._table,
             )
         if stored is None:
             try:  # the next request reads it from Redis

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from psycopg import sql
@@ -22,6 +23,9 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 
 from recstack.stages.item_item import ItemItem, UserHistory, query_weights
+
+if TYPE_CHECKING:
+    from recstack.stages.item_table import ItemTable
 
 # The vector sizes, the one home of them (the columns are vector(64) and vector(384) in migration 0005): training
 # writes vectors of these sizes and serving reads them.
@@ -448,6 +452,7 @@ def retrieve(
     history: UserHistory | None = None,
     item_item_alone_from: int | None = None,
     cold_items: bool = True,
+    table: ItemTable | None = None,
 ) -> CandidateSet:
     """Serving's candidate generation for one user (the online twin of ``candidates_offline``); ``conn`` is set up
     by ``configure_connection``. ``head_floor``: the catalog's long-tail popularity floor (rerank.head_floor).
@@ -464,7 +469,8 @@ def retrieve(
     test_a_new_item_without_interactions_is_reachable_by_content). Unfiltered requests only (a filter may drop
     item-item candidates). ``cold_items``: whether the catalog has any item without a collaborative vector
     (``has_cold_items``); without any, the content scan is skipped too (at 1M users / 100k items its HNSW scan alone
-    took 100 rps past two cores)."""
+    took 100 rps past two cores). ``table``: the catalog held in memory (recstack.stages.item_table); when given,
+    that order's candidates come from it instead of the statement."""
     state = user_state(conn, user_id, recent, history if history is not None else UserHistory.empty())
     query = query_vector(state.user_vector, state.recent_cf)
     content_q = content_query(state.recent_content)
@@ -479,22 +485,71 @@ def retrieve(
         alone = alone_from is not None and not filtered and len(ii_top) - len(exclude) >= alone_from
         if alone:
             params = replace(params, cf=0, content=min(params.content, ALONE_CONTENT if cold_items else 0))
+    if alone and table is not None and ii_top is not None:
+        at, found = table.candidates(query, content_q, list(exclude), params, ii_top, seen)
+        return _candidate_set(
+            table.external_ids[at].tolist(),
+            table.titles[at].tolist(),
+            table.domains[at].tolist(),
+            table.providers[at].tolist(),
+            [list(c) for c in table.categories[at]],
+            table.cf[at],
+            found[:, : len(SOURCE_FEATURES)],
+            found[:, len(SOURCE_FEATURES)],
+            table.item_ids[at],
+            ii_scores,
+            item_item,
+            state,
+            head_floor,
+        )
     statement, args = candidates_sql(query, content_q, filters, list(exclude), params, ii_top, seen, alone)
     rows = conn.execute(statement, args, binary=True).fetchall()  # binary: vectors arrive as raw float32
-    ii = np.zeros((len(rows), len(ITEM_ITEM_FEATURES)), np.float32)
-    if ii_scores is not None and item_item is not None and rows:
-        position, found = item_item.positions(np.array([r[13] for r in rows], np.int64))
+    return _candidate_set(
+        [r[0] for r in rows],
+        [r[1] or "" for r in rows],
+        [r[2] for r in rows],
+        [r[3] or "" for r in rows],
+        [list(r[4] or []) for r in rows],
+        vector_matrix([r[5] for r in rows], CF_DIM),
+        np.array([r[6:12] for r in rows], dtype=np.float32).reshape(len(rows), len(SOURCE_FEATURES)),
+        np.array([bool(r[12]) for r in rows], np.float32),
+        np.array([r[13] for r in rows], np.int64),
+        ii_scores,
+        item_item,
+        state,
+        head_floor,
+    )
+
+
+def _candidate_set(
+    item_ids: list[str],
+    titles: list[str],
+    domains: list[str],
+    providers: list[str],
+    categories: list[list[str]],
+    vectors: np.ndarray,
+    source: np.ndarray,
+    from_ii: np.ndarray,
+    internal_ids: np.ndarray,
+    ii_scores: np.ndarray | None,
+    item_item: ItemItemIndex | None,
+    state: UserState,
+    head_floor: float,
+) -> CandidateSet:
+    """The candidates with every feature: ``source`` (SOURCE_FEATURES columns) as retrieved, the item-item score
+    of each candidate whichever source found it, the similarity features."""
+    ii = np.zeros((len(item_ids), len(ITEM_ITEM_FEATURES)), np.float32)
+    if ii_scores is not None and item_item is not None and len(item_ids):
+        position, found = item_item.positions(internal_ids)
         ii[found, 0] = ii_scores[position]
-        ii[:, 1] = [bool(r[12]) for r in rows]
-    vectors = vector_matrix([r[5] for r in rows], CF_DIM)
-    source = np.array([r[6:12] for r in rows], dtype=np.float32).reshape(len(rows), len(SOURCE_FEATURES))
+        ii[:, 1] = from_ii
     popularity = np.expm1(source[:, SOURCE_FEATURES.index("log_popularity")].astype(np.float64))
     return CandidateSet(
-        item_ids=[r[0] for r in rows],
-        titles=[r[1] or "" for r in rows],
-        domains=[r[2] for r in rows],
-        providers=[r[3] or "" for r in rows],
-        categories=[list(r[4] or []) for r in rows],
+        item_ids=item_ids,
+        titles=titles,
+        domains=domains,
+        providers=providers,
+        categories=categories,
         vectors=vectors,
         features=np.hstack([source, ii, similarity_features(vectors, state.user_vector, state.recent_cf)]),
         long_tail=popularity < head_floor * (1 - 1e-6),  # float32 log popularity round trip

@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from recstack.reload import BackgroundReload
+from recstack.stages import item_table
 from recstack.stages.item_item import ItemItem
 from recstack.tables import neighbours
 from serving import runtimes
@@ -49,11 +51,21 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
     monkeypatch.setattr(neighbours, "load", load)
     monkeypatch.setattr(runtimes, "_order_by", lambda conn, version: "ii_score")
     monkeypatch.setattr(runtimes, "MODEL_CHECK_S", 0.0)  # every call checks the stored version
+    catalog = {"epoch": 1}
+    tables: list[SimpleNamespace] = []
+
+    def load_table(conn: Any) -> SimpleNamespace:
+        tables.append(SimpleNamespace(epoch=catalog["epoch"]))
+        return tables[-1]
+
+    monkeypatch.setattr(item_table, "epoch", lambda conn: catalog["epoch"])
+    monkeypatch.setattr(item_table, "load", load_table)
     retriever = Retriever.__new__(Retriever)
     retriever.pool = FakePool()  # type: ignore[assignment]
     retriever._item_item, retriever._item_item_checked = None, 0.0
     retriever._item_item_lock = threading.Lock()
     retriever._item_item_reload = BackgroundReload("item-item-reload")
+    retriever._table, retriever._table_reload = None, BackgroundReload("item-table-reload")
     first = retriever.item_item()
     assert first is not None and first.version == "v1"  # the first set is read at once
 
@@ -76,3 +88,13 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
         assert time.monotonic() < deadline, "the new set was never served"
         time.sleep(0.05)
     assert len(loads) == 2  # one background read of v2, not one per retrieval
+
+    # The catalog in memory (the model orders by the item-item score): read in the background, again when it moves.
+    deadline = time.monotonic() + 10
+    for wanted in (1, 2):
+        catalog["epoch"] = wanted
+        while retriever._table is None or retriever._table.epoch != wanted:
+            assert time.monotonic() < deadline, f"the catalog at epoch {wanted} was never read"
+            retriever.item_item()
+            time.sleep(0.05)
+    assert [t.epoch for t in tables] == [1, 2]
