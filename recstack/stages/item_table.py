@@ -90,6 +90,12 @@ class ItemTable:
         """Whether any item has a content vector but no collaborative one (retrieve.has_cold_items, from memory)."""
         return bool((self.has_content & ~self.has_cf).any())
 
+    def recent_vectors(self, recent: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The collaborative and the content vectors of the ``recent`` items (external ids, order kept), each
+        leaving out the items without one: ``retrieve.user_state``'s statement, from memory."""
+        at = np.array([self.position_of[e] for e in recent if e in self.position_of], np.int64)
+        return self.cf[at[self.has_cf[at]]], self.content[at[self.has_content[at]]]
+
     def positions(self, item_ids: np.ndarray) -> np.ndarray:
         """Positions of the internal ids that are in the table, in the order given."""
         ids = np.asarray(item_ids, np.int64)

@@ -328,9 +328,8 @@ class ItemItemIndex:
     model: ItemItem
     version: str | None = None
 
-    def scores(self, state: UserState) -> np.ndarray | None:
+    def scores(self, history: UserHistory) -> np.ndarray | None:
         """Every item's score for the user's history (None without history), in ``item_ids`` order."""
-        history = state.history
         if not len(history) or not len(self.item_ids):
             return None
         position, found = self.positions(history.items)
@@ -419,8 +418,18 @@ def _array(value: object) -> np.ndarray:
     return np.asarray(value, np.float32)
 
 
-def user_state(conn, user_id: str, recent: list[str], history: UserHistory) -> UserState:  # type: ignore[no-untyped-def]
-    """User vector and the recent items' vectors (order kept) in one statement, with the user's stored history."""
+USER_VECTOR_SQL = "SELECT cf FROM user_vectors WHERE external_id = %(user)s"
+
+
+def user_state(  # type: ignore[no-untyped-def]
+    conn, user_id: str, recent: list[str], history: UserHistory, table: ItemTable | None = None
+) -> UserState:
+    """User vector and the recent items' vectors (order kept) in one statement, with the user's stored history;
+    with ``table`` (the catalog in memory) the recent items' vectors come from it and only the user vector is read."""
+    if table is not None:
+        row = conn.execute(USER_VECTOR_SQL, {"user": user_id}, binary=True).fetchone()
+        recent_cf, recent_content = table.recent_vectors(recent)
+        return UserState(_array(row[0]) if row else None, recent_cf, recent_content, history)
     # binary: vectors arrive as raw float32 (as text, parsing 20 recent 384-d content vectors took ~3 ms a request)
     rows = conn.execute(USER_VECTORS_SQL, {"user": user_id, "recent": recent}, binary=True).fetchall()
     user_vector = rows[0][1] if rows else None
@@ -470,33 +479,36 @@ def retrieve(
     item-item candidates). ``cold_items``: whether the catalog has any item without a collaborative vector
     (``has_cold_items``); without any, the content scan is skipped too (at 1M users / 100k items its HNSW scan alone
     took 100 rps past two cores). ``table``: the catalog held in memory (recstack.stages.item_table); when given,
-    that order's candidates come from it instead of the statement."""
-    state = user_state(conn, user_id, recent, history if history is not None else UserHistory.empty())
-    query = query_vector(state.user_vector, state.recent_cf)
-    content_q = content_query(state.recent_content)
-    seen = state.history.items if exclude_seen else None
-    ii_scores = item_item.scores(state) if item_item is not None and params.item_item > 0 else None
+    that order's candidates and the recent items' vectors come from it instead of the statements (only the user
+    vector is read)."""
+    history = history if history is not None else UserHistory.empty()
+    ii_scores = item_item.scores(history) if item_item is not None and params.item_item > 0 else None
     ii_top = None
     alone = False
     filtered = bool(filters.domain or filters.categories or filters.providers)
     if ii_scores is not None and item_item is not None:
-        ii_top = item_item.top(ii_scores, state.history.items, params.item_item * (4 if filtered else 1))
+        ii_top = item_item.top(ii_scores, history.items, params.item_item * (4 if filtered else 1))
         alone_from = item_item_alone_from
         alone = alone_from is not None and not filtered and len(ii_top) - len(exclude) >= alone_from
         if alone:
             params = replace(params, cf=0, content=min(params.content, ALONE_CONTENT if cold_items else 0))
-    if alone and table is not None and ii_top is not None:
-        at, found = table.candidates(query, content_q, list(exclude), params, ii_top, seen)
+    memory = table if alone else None  # the catalog in memory serves this order's candidates
+    state = user_state(conn, user_id, recent, history, memory)
+    query = query_vector(state.user_vector, state.recent_cf)
+    content_q = content_query(state.recent_content)
+    seen = history.items if exclude_seen else None
+    if memory is not None and ii_top is not None:
+        at, found = memory.candidates(query, content_q, list(exclude), params, ii_top, seen)
         return _candidate_set(
-            table.external_ids[at].tolist(),
-            table.titles[at].tolist(),
-            table.domains[at].tolist(),
-            table.providers[at].tolist(),
-            [list(c) for c in table.categories[at]],
-            table.cf[at],
+            memory.external_ids[at].tolist(),
+            memory.titles[at].tolist(),
+            memory.domains[at].tolist(),
+            memory.providers[at].tolist(),
+            [list(c) for c in memory.categories[at]],
+            memory.cf[at],
             found[:, : len(SOURCE_FEATURES)],
             found[:, len(SOURCE_FEATURES)],
-            table.item_ids[at],
+            memory.item_ids[at],
             ii_scores,
             item_item,
             state,

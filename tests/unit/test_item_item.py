@@ -86,7 +86,7 @@ def test_serving_scores_equal_the_offline_scores() -> None:
         ),
     )
     row = query_matrix(events, 200, 21)[3]
-    online = index.scores(state)
+    online = index.scores(state.history)
     assert online is not None
     np.testing.assert_allclose(online, ii.scores(row.indices, row.data), rtol=1e-6)
     top = index.top(online, state.history.items, 5)

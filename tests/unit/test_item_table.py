@@ -68,3 +68,11 @@ def test_without_history_vectors_only_popular_and_item_item() -> None:
 def test_a_collaborative_scan_is_refused() -> None:
     with pytest.raises(ValueError, match="item-item order alone"):
         _table().candidates(np.ones(64, np.float32), None, [], RetrievalParams(cf=10), np.array([1]))
+
+
+def test_recent_vectors_keep_the_order_and_leave_out_what_has_none() -> None:
+    table = _table()
+    cf, content = table.recent_vectors(["e7", "unknown", "e2", "e1", "e2"])
+    np.testing.assert_array_equal(cf, table.cf[[1, 0, 1]])  # 7 has no collaborative vector
+    np.testing.assert_array_equal(content, table.content[[6, 1, 0, 1]])
+    assert table.recent_vectors([])[0].shape == (0, 64)
