@@ -12,6 +12,7 @@ replica re-reads the table when ``catalog_epoch`` moves (migration 0015: any wri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,36 +52,46 @@ class ItemTable:
         providers: list[str | None],
         categories: list[list[str] | None],
         popularity: np.ndarray,
-        cf: list[object],
-        content: list[object],
+        cf: np.ndarray,
+        has_cf: np.ndarray,
+        content: np.ndarray,
+        has_content: np.ndarray,
         epoch: int,
     ) -> ItemTable:
-        """From column lists in any order (vectors as pgvector values or None)."""
-        order = np.argsort(np.asarray(item_ids, np.int64), kind="stable")
-        ids = np.asarray(item_ids, np.int64)[order]
-        pop = np.asarray(popularity, np.float32)[order]
+        """From columns in any row order (``cf`` and ``content`` as float32 matrices, zeros where ``has_*`` is
+        False)."""
+        ids = np.asarray(item_ids, np.int64)
+        in_order = not (np.diff(ids) <= 0).any()  # load sorts them: no copy of the vectors then
+        order = np.arange(len(ids)) if in_order else np.argsort(ids, kind="stable")
 
-        def column(values: list[object], empty: object = None) -> np.ndarray:
-            out = np.empty(len(values), object)
-            out[:] = [values[i] if values[i] is not None else empty for i in order]
+        def rows(values: np.ndarray, dtype: type) -> np.ndarray:
+            values = np.asarray(values, dtype)
+            return values if in_order else values[order]
+
+        intern: dict[Any, Any] = {}  # domains, providers and category names repeat: one string object each
+
+        def column(values: list[Any], empty: object = None, shared: bool = False) -> np.ndarray:
+            out = np.empty(len(order), object)  # filled one by one: lists of equal length must stay lists
+            for n, at in enumerate(order):
+                value = values[at] if values[at] is not None else empty
+                out[n] = intern.setdefault(value, value) if shared else value
             return out
 
-        cf_values, content_values = [cf[i] for i in order], [content[i] for i in order]
-        external = column(list(external_ids))
-        content_matrix = vector_matrix(content_values, CONTENT_DIM)
+        ids, pop, content = ids[order], rows(popularity, np.float32), rows(content, np.float32)
+        external = column(external_ids)
         return cls(
             item_ids=ids,
             external_ids=external,
-            titles=column(list(titles), ""),
-            domains=column(list(domains)),
-            providers=column(list(providers), ""),
-            categories=column([list(c or []) for c in categories]),
+            titles=column(titles, ""),
+            domains=column(domains, shared=True),
+            providers=column(providers, "", shared=True),
+            categories=column([[intern.setdefault(c, c) for c in names or []] for names in categories]),
             popularity=pop,
-            cf=vector_matrix(cf_values, CF_DIM),
-            has_cf=np.array([v is not None for v in cf_values], bool),
-            content=content_matrix,
-            content_norm=np.linalg.norm(content_matrix, axis=1).astype(np.float32),
-            has_content=np.array([v is not None for v in content_values], bool),
+            cf=rows(cf, np.float32),
+            has_cf=rows(has_cf, bool),
+            content=content,
+            content_norm=np.linalg.norm(content, axis=1).astype(np.float32),
+            has_content=rows(has_content, bool),
             epoch=epoch,
             by_popularity=np.lexsort((ids, -pop.astype(np.float64))),
             position_of={str(e): n for n, e in enumerate(external)},
@@ -169,19 +180,38 @@ def epoch(conn) -> int:  # type: ignore[no-untyped-def]
 
 
 def load(conn) -> ItemTable:  # type: ignore[no-untyped-def]
-    """Read the table (on a connection set up by retrieve.configure_connection: vectors arrive as raw bytes). The
-    epoch is read first: a write after it moves the counter again, so the next check reads the table again."""
+    """Read the table (on a connection set up by retrieve.configure_connection: vectors arrive as raw bytes),
+    ``LOAD_BATCH`` rows at a time through a server-side cursor, each batch's vectors decoded before the next is
+    fetched. The epoch is read first: a write after it moves the counter again, so the next check reads again."""
     at = epoch(conn)
-    columns: list[list[object]] = [[] for _ in range(9)]
-    with conn.cursor(binary=True) as cur:
+    columns: list[list[object]] = [[] for _ in range(7)]
+    vectors: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    with conn.transaction(), conn.cursor("item_table", binary=True) as cur:
+        cur.itersize = LOAD_BATCH
         cur.execute(
             "SELECT v.item_id, v.external_id, i.title, v.domain, v.provider_id, v.categories, v.popularity, v.cf, "
-            "v.content FROM item_vectors v LEFT JOIN items i ON i.item_id = v.item_id"
+            "v.content FROM item_vectors v LEFT JOIN items i ON i.item_id = v.item_id ORDER BY v.item_id"
         )
         while rows := cur.fetchmany(LOAD_BATCH):
-            for column, values in zip(columns, zip(*rows, strict=True), strict=True):
+            for column, values in zip(columns, zip(*(r[:7] for r in rows), strict=True), strict=True):
                 column.extend(values)
-    ids, external, titles, domains, providers, categories, popularity, cf, content = columns
+            cf, content = [r[7] for r in rows], [r[8] for r in rows]
+            vectors.append(
+                (
+                    vector_matrix(cf, CF_DIM),
+                    np.array([v is not None for v in cf], bool),
+                    vector_matrix(content, CONTENT_DIM),
+                    np.array([v is not None for v in content], bool),
+                )
+            )
+    ids, external, titles, domains, providers, categories, popularity = columns
+
+    def stacked(n: int, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate([v[n] for v in vectors]) if vectors else empty
+
+    cf_all, has_cf = stacked(0, np.zeros((0, CF_DIM), np.float32)), stacked(1, np.zeros(0, bool))
+    content_all, has_content = stacked(2, np.zeros((0, CONTENT_DIM), np.float32)), stacked(3, np.zeros(0, bool))
+    vectors.clear()  # one copy of the vectors from here on
     return ItemTable.build(
         np.asarray(ids, np.int64),
         external,  # type: ignore[arg-type]
@@ -190,7 +220,9 @@ def load(conn) -> ItemTable:  # type: ignore[no-untyped-def]
         providers,  # type: ignore[arg-type]
         categories,  # type: ignore[arg-type]
         np.asarray(popularity, np.float32),
-        cf,
-        content,
+        cf_all,
+        has_cf,
+        content_all,
+        has_content,
         at,
     )

@@ -8,7 +8,7 @@ import pytest
 from pgvector import Vector
 
 from recstack.stages.item_table import ItemTable
-from recstack.stages.retrieve import SOURCE_FEATURES, RetrievalParams
+from recstack.stages.retrieve import SOURCE_FEATURES, RetrievalParams, vector_matrix
 
 COLUMN = {name: n for n, name in enumerate([*SOURCE_FEATURES, "from_ii"])}
 
@@ -29,8 +29,10 @@ def _table() -> ItemTable:
         ["p"] * len(ids),
         [["a"] if i % 2 else None for i in ids],
         np.array([popularity[i] for i in ids], np.float32),
-        [cf.get(i) for i in ids],
-        [Vector(content[i]).to_binary() for i in ids],
+        vector_matrix([cf.get(i) for i in ids], 64),
+        np.array([i in cf for i in ids]),
+        vector_matrix([Vector(content[i]).to_binary() for i in ids], 384),
+        np.ones(len(ids), bool),
         epoch=3,
     )
 
@@ -76,3 +78,24 @@ def test_recent_vectors_keep_the_order_and_leave_out_what_has_none() -> None:
     np.testing.assert_array_equal(cf, table.cf[[1, 0, 1]])  # 7 has no collaborative vector
     np.testing.assert_array_equal(content, table.content[[6, 1, 0, 1]])
     assert table.recent_vectors([])[0].shape == (0, 64)
+
+
+def test_category_lists_of_equal_length_stay_one_list_per_item() -> None:
+    n = 3
+    table = ItemTable.build(
+        np.array([3, 1, 2]),
+        ["c", "a", "b"],
+        ["t"] * n,
+        ["movies"] * n,
+        ["p"] * n,
+        [["x", "y"], ["x", "z"], ["y", "z"]],
+        np.zeros(n, np.float32),
+        np.zeros((n, 64), np.float32),
+        np.zeros(n, bool),
+        np.zeros((n, 384), np.float32),
+        np.zeros(n, bool),
+        epoch=1,
+    )
+    assert table.categories.shape == (n,)
+    assert table.categories.tolist() == [["x", "z"], ["y", "z"], ["x", "y"]]  # in item id order
+    assert table.external_ids.tolist() == ["a", "b", "c"] and table.position_of == {"a": 0, "b": 1, "c": 2}
