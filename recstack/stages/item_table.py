@@ -5,7 +5,7 @@ When a model orders slates by the item-item score alone (recstack.stages.retriev
 candidate statement only joined rows the replica already knew by id (the item-item top), took the most popular
 items and, for new items, scanned the few without a collaborative vector. At 1M users / 100k items that statement
 was about 3.5 ms of Postgres CPU a request, more than half of a request's CPU in process. ``candidates`` gives the
-same candidates with the same features (tests/integration/test_catalog_in_memory.py compares it with the statement); the
+same candidates with the same features (tests/integration/test_serving_catalog.py compares it with the statement); the
 replica re-reads the table when ``catalog_epoch`` moves (migration 0015: any write to ``item_vectors`` or ``items``).
 """
 

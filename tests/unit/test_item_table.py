@@ -1,5 +1,5 @@
 """ItemTable.candidates: the item-item order's sources from memory (the statement's twin is compared on real Postgres
-in tests/integration/test_catalog_in_memory.py)."""
+in tests/integration/test_serving_catalog.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The catalog held in memory (recstack.stages.item_table) gives the item-item order the candidates, features and
-attributes the candidate statement gives, on the real Postgres of a trained stack; writes move its epoch."""
+attributes the candidate statement gives, on the real Postgres of a trained stack; writes move its epoch.
+
+Named to run after test_serving.py: the session's trained stack is built once, after the modules that reload data."""
 
 from __future__ import annotations
 
