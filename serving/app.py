@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, cast
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, ValidationError
@@ -31,6 +32,9 @@ from serving.http import Backend, create_api
 from serving.orchestrate import Recommender
 from serving.result_cache import ResultCache
 from serving.runtimes import FeatureLookup, Ranker, Reranker, Retriever, limit_math_threads
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class AppConfig(BaseModel):
@@ -153,12 +157,29 @@ def log_to_replica_file() -> None:
     ours.propagate = False
 
 
+def on_the_loop(method: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """A stage's per-request method as a coroutine function: Serve then runs it on the replica's event loop instead of
+    handing it to a thread of its pool and back, which cost 0.6 ms a hop at p50 (`python -m bench.probe_hop`:
+    3.28 against 3.89 ms for an answer of 120 candidates, 7.21 against 7.79 ms after 4 ms of work). The loop is
+    held while the method runs; a stage replica runs one request at a time under its GIL anyway, and a hung store
+    ends at its client's timeout (RECSTACK_CONNECT_TIMEOUT_S) while the ingress degrades at the stage deadline."""
+
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return method(*args, **kwargs)
+
+    return call
+
+
+# The per-request methods (retrieve, lookup, rank) run on the loop; the rest (readiness, the 5-second checks, similar
+# items, the popular fallback) stay on Serve's threads.
 @serve.deployment(**stage_options("Retriever"))
 class RetrieverDeployment(Retriever):
     def __init__(self) -> None:
         replica_setup("Retriever")
         super().__init__(get_settings())
         heap.settle(full=True)
+
+    retrieve = on_the_loop(Retriever.retrieve)  # type: ignore[assignment]
 
 
 @serve.deployment(**stage_options("FeatureLookup"))
@@ -168,6 +189,8 @@ class LookupDeployment(FeatureLookup):
         super().__init__(get_settings())  # warms the item cache: ready() once constructed
         heap.settle(full=True)
 
+    lookup = on_the_loop(FeatureLookup.lookup)  # type: ignore[assignment]
+
 
 @serve.deployment(**stage_options("Ranker"))
 class RankerDeployment(Ranker):
@@ -175,6 +198,8 @@ class RankerDeployment(Ranker):
         replica_setup("Ranker")
         super().__init__(get_settings())
         heap.settle(full=True)
+
+    rank = on_the_loop(Ranker.rank)  # type: ignore[assignment]
 
 
 @serve.deployment(

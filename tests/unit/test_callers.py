@@ -17,6 +17,11 @@ class RecordingHandle:
 
     def __init__(self) -> None:
         self.methods: set[str] = set()
+        self.options_asked: dict[str, Any] = {}
+
+    def options(self, **options: Any) -> RecordingHandle:
+        self.options_asked.update(options)
+        return self
 
     def __getattr__(self, name: str) -> Any:
         self.methods.add(name)
@@ -36,3 +41,23 @@ def test_every_handle_call_is_a_method_of_its_deployment() -> None:
         stage = deployment.func_or_class  # type: ignore[attr-defined]
         missing = [m for m in sorted(handles[name].methods) if not callable(getattr(stage, m, None))]
         assert missing == [], f"{name} deployment lacks {missing}"
+
+
+def test_stage_calls_go_by_value() -> None:
+    """Whatever Serve defaulted to where the handles were bound, the stage calls take the inter-deployment gRPC path
+    (the actor-task path cost twice the latency and CPU a hop, serving/callers.py BY_VALUE)."""
+    retriever, lookup, ranker = RecordingHandle(), RecordingHandle(), RecordingHandle()
+    handle_callers(retriever, lookup, ranker, Reranker())
+    assert all(h.options_asked == {"_by_reference": False} for h in (retriever, lookup, ranker))
+
+
+def test_per_request_stage_methods_run_on_the_replica_loop() -> None:
+    """Serve runs coroutine methods on the replica's event loop, sync ones on a thread pool (a hand-off each way per
+    hop); the methods every graph request calls are coroutines, the rest keep their sync signatures."""
+    import inspect
+
+    hot = [(RetrieverDeployment, "retrieve"), (LookupDeployment, "lookup"), (RankerDeployment, "rank")]
+    for deployment, method in hot:
+        stage = deployment.func_or_class  # type: ignore[attr-defined]
+        assert inspect.iscoroutinefunction(getattr(stage, method)), method
+    assert not inspect.iscoroutinefunction(RetrieverDeployment.func_or_class.ready)  # type: ignore[attr-defined]

@@ -1,0 +1,132 @@
+"""What one Ray Serve handle hop costs, by transport and by how the called method runs: a caller deployment calls
+echo deployments that return a candidate set (``recstack.stages.retrieve.CandidateSet`` of ``--candidates`` items,
+built here) after ``--work-ms`` of numpy, alternating between the variants call by call so that every variant sees
+the same machine:
+
+* ``thread-by-value``: a sync method (Serve runs it on its thread pool), called over the inter-deployment gRPC;
+* ``loop-by-value``: the same method as ``async def`` (run on the replica's event loop), over gRPC;
+* ``thread-by-reference``: the sync method called as a Ray actor task (``_by_reference=True``).
+
+    python -m bench.probe_hop [--calls 300] [--work-ms 0 4] [--candidates 120]
+
+Prints p50 / p90 milliseconds per variant and work size. Starts its own local Ray with
+RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (as `recstack serve` does); needs no stack. A probe, not a benchmark with acceptance
+figures: it is why serving/callers.py calls stages by value and serving/app.py runs their hot methods on the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import report
+
+RESULTS = Path(__file__).with_name("results") / "probe_hop.json"
+
+VARIANTS = ("thread-by-value", "loop-by-value", "thread-by-reference")
+
+
+def candidates(n: int) -> Any:
+    from recstack.stages.retrieve import CandidateSet
+
+    rng = np.random.default_rng(0)
+    return CandidateSet(
+        [str(i) for i in range(n)],
+        [f"Title {i} (1999)" for i in range(n)],
+        ["movies"] * n,
+        ["movielens"] * n,
+        [["Drama", "Comedy"] for _ in range(n)],
+        rng.random((n, 64), np.float32),
+        rng.random((n, 12), np.float32),
+        np.zeros(n, bool),
+    )
+
+
+def busy(ms: float) -> None:
+    """``ms`` of numpy on this thread (stands in for a stage's work)."""
+    started, x = time.perf_counter(), np.ones((200, 64))
+    while (time.perf_counter() - started) * 1000 < ms:
+        x @ x.T
+
+
+def build(n: int) -> Any:
+    from ray import serve
+
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16}
+
+    @serve.deployment(name="EchoOnThreads", **options)
+    class EchoOnThreads:
+        def __init__(self) -> None:
+            self.answer = candidates(n)
+
+        def get(self, ms: float) -> Any:
+            busy(ms)
+            return self.answer
+
+    @serve.deployment(name="EchoOnLoop", **options)
+    class EchoOnLoop:
+        def __init__(self) -> None:
+            self.answer = candidates(n)
+
+        async def get(self, ms: float) -> Any:
+            busy(ms)
+            return self.answer
+
+    @serve.deployment(name="Caller", ray_actor_options={"num_cpus": 0.1})
+    class Caller:
+        def __init__(self, on_threads: Any, on_loop: Any) -> None:
+            self.handles = {
+                "thread-by-value": on_threads.options(_by_reference=False),
+                "loop-by-value": on_loop.options(_by_reference=False),
+                "thread-by-reference": on_threads.options(_by_reference=True),
+            }
+
+        async def run(self, calls: int, ms: float) -> dict[str, dict[str, float]]:
+            took: dict[str, list[float]] = {name: [] for name in self.handles}
+            for _ in range(calls + 20):
+                for name, handle in self.handles.items():
+                    started = time.perf_counter()
+                    await handle.get.remote(ms)
+                    took[name].append(time.perf_counter() - started)
+                    await asyncio.sleep(0.02)  # idle between calls, as at 25-50 requests/s
+            return {
+                name: {
+                    "p50_ms": round(float(np.percentile(t[20:], 50)) * 1000, 2),
+                    "p90_ms": round(float(np.percentile(t[20:], 90)) * 1000, 2),
+                }
+                for name, t in took.items()
+            }
+
+    return Caller.bind(EchoOnThreads.bind(), EchoOnLoop.bind())  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--work-ms", type=float, nargs="+", default=[0.0, 4.0])
+    parser.add_argument("--candidates", type=int, default=120)
+    args = parser.parse_args()
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # before Serve is imported, here and in the Ray processes
+    import ray
+    from ray import serve
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    handle = serve.run(build(args.candidates), name="probe-hop", route_prefix=None)
+
+    async def measure() -> dict[str, object]:
+        return {f"work {ms:g} ms": await handle.run.remote(args.calls, ms) for ms in args.work_ms}
+
+    found = asyncio.run(measure())
+    report({"calls_per_variant": args.calls, "candidates": args.candidates, **found}, RESULTS)
+    print(f"figures in {RESULTS}")
+    os._exit(0)  # Serve's handle shutdown wants the loop asyncio.run closed; nothing is left to flush
+
+
+if __name__ == "__main__":
+    main()
