@@ -134,17 +134,18 @@ class Retriever:
         self._table: ItemTable | None = None
         self._table_reload = BackgroundReload("item-table-reload")
         try:
-            self.item_item()
+            self.refresh()
         except Exception as err:
             log.warning("item-item neighbours not loaded yet (%s)", err)
 
-    def item_item(self) -> ItemItemIndex | None:
-        """The stored item-item neighbours, reloaded when training writes a new set (checked every few seconds);
-        the long-tail floor (rerank.head_floor over the trained popularity) is re-read with them, and whether the
-        catalog has items only the content source finds (``has_cold_items``, an index probe). A new set is
-        read on a thread of its own while requests keep the set they have (at 1M users / 100k items reading it
-        takes ~1 s, which every retrieval of the replica waited out behind this lock, past its deadline); only the
-        first set, with none to serve meanwhile, is read here."""
+    def refresh(self) -> ItemItemIndex | None:
+        """The live item-item set, after this replica's checks every MODEL_CHECK_S: a new trained set (read with its
+        long-tail floor, rerank.head_floor over the trained popularity, and its model's order), whether the catalog
+        has items only the content source finds (from the catalog in memory when it is current, else an index probe:
+        ``has_cold_items``), and the catalog's epoch (the table is re-read when it moved). A new set or table is read
+        on a thread of its own while requests keep what they have (at 1M users / 100k items reading the set takes
+        ~1 s, which every retrieval of the replica waited out behind this lock, past its deadline); only the first
+        set, with none to serve meanwhile, is read here."""
         if time.monotonic() - self._item_item_checked < MODEL_CHECK_S:
             return self._item_item
         with self._item_item_lock:
@@ -152,10 +153,12 @@ class Retriever:
                 return self._item_item
             from recstack.tables import neighbours
 
+            table = self._table
             with self.pool.connection() as conn:
                 stored = neighbours.version(conn)
-                self._cold_items = has_cold_items(conn)
                 catalog = item_table.epoch(conn)
+                current = table is not None and table.epoch == catalog
+                self._cold_items = table.has_cold_items() if table is not None and current else has_cold_items(conn)
             if stored is None:
                 self._item_item = None
             elif self._item_item is None:
@@ -164,7 +167,7 @@ class Retriever:
                 self._item_item_reload.start(lambda: self._load_item_item(stored))
             if self._order_by != "ii_score":
                 self._table = None  # other orders scan the vector indexes: the statement serves them
-            elif self._table is None or self._table.epoch != catalog:
+            elif not current:
                 self._table_reload.start(self._load_table)  # the statement serves until it is read
             self._item_item_checked = time.monotonic()
         return self._item_item
@@ -217,7 +220,7 @@ class Retriever:
         (recstack.stages.retrieve.retrieve)."""
         recent = self.recent_items(user_id)[: self.params.recent]
         try:
-            item_item = self.item_item()
+            item_item = self.refresh()
         except Exception as err:  # Postgres unreachable: retrieval below fails and degrades the same way
             log.warning("item-item neighbours not checked (%s)", err)
             item_item = self._item_item

@@ -69,7 +69,7 @@ def test_the_item_item_order_gets_the_statements_candidates_from_memory(
     from serving.runtimes import Retriever
 
     retriever = Retriever(trained_stack)
-    index = retriever.item_item()
+    index = retriever.refresh()
     assert index is not None
     table = item_table.load(conn)
     assert table.has_cold_items()

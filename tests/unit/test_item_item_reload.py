@@ -1,5 +1,5 @@
 """A serving replica reads a newly trained item-item set off the request path (serving/runtimes.py
-Retriever.item_item): retrievals keep the set they have until the new one is read."""
+Retriever.refresh): retrievals keep the set they have until the new one is read."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
     tables: list[SimpleNamespace] = []
 
     def load_table(conn: Any) -> SimpleNamespace:
-        tables.append(SimpleNamespace(epoch=catalog["epoch"]))
+        tables.append(SimpleNamespace(epoch=catalog["epoch"], has_cold_items=lambda: True))
         return tables[-1]
 
     monkeypatch.setattr(item_table, "epoch", lambda conn: catalog["epoch"])
@@ -66,7 +66,7 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
     retriever._item_item_lock = threading.Lock()
     retriever._item_item_reload = BackgroundReload("item-item-reload")
     retriever._table, retriever._table_reload = None, BackgroundReload("item-table-reload")
-    first = retriever.item_item()
+    first = retriever.refresh()
     assert first is not None and first.version == "v1"  # the first set is read at once
 
     stored["version"] = "v2"
@@ -74,7 +74,7 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
 
     def retrieve() -> None:
         started = time.perf_counter()
-        found = retriever.item_item()
+        found = retriever.refresh()
         answers.append((found.version if found else None, time.perf_counter() - started))
 
     threads = [threading.Thread(target=retrieve) for _ in range(4)]
@@ -84,7 +84,7 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
         t.join()
     assert all(version == "v1" and seconds < 0.5 for version, seconds in answers), answers
     deadline = time.monotonic() + 10
-    while (found := retriever.item_item()) is None or found.version != "v2":
+    while (found := retriever.refresh()) is None or found.version != "v2":
         assert time.monotonic() < deadline, "the new set was never served"
         time.sleep(0.05)
     assert len(loads) == 2  # one background read of v2, not one per retrieval
@@ -95,6 +95,12 @@ def test_a_new_item_item_set_is_read_in_the_background(monkeypatch: pytest.Monke
         catalog["epoch"] = wanted
         while retriever._table is None or retriever._table.epoch != wanted:
             assert time.monotonic() < deadline, f"the catalog at epoch {wanted} was never read"
-            retriever.item_item()
+            retriever.refresh()
             time.sleep(0.05)
     assert [t.epoch for t in tables] == [1, 2]
+    # While the table is current it says whether the catalog has cold items (the fake probe in Postgres says no).
+    retriever.refresh()
+    assert retriever._cold_items is True
+    catalog["epoch"] = 3  # moved: the probe answers until the table is read again
+    retriever.refresh()
+    assert retriever._cold_items is False
