@@ -191,7 +191,7 @@ class Recommender:
             metrics.FALLBACKS.labels("unavailable").inc()
             raise Unavailable("retrieval and its popular fallback both failed; retry shortly") from popular_err
         excluded = set(req.exclude_item_ids)
-        return _subset(candidates, [i for i, item in enumerate(candidates.item_ids) if item not in excluded]), True
+        return candidates.take([i for i, item in enumerate(candidates.item_ids) if item not in excluded]), True
 
     async def popular(self, filters: Filters) -> CandidateSet:
         """Popular items passing ``filters``: the unfiltered list is kept for POPULAR_REFRESH_S, and served (filtered
@@ -351,19 +351,6 @@ def _with_overrides(params: RerankParams, overrides: RerankOverrides) -> RerankP
     return params.model_copy(update=update)
 
 
-def _subset(c: CandidateSet, keep: list[int]) -> CandidateSet:
-    return CandidateSet(
-        [c.item_ids[i] for i in keep],
-        [c.titles[i] for i in keep],
-        [c.domains[i] for i in keep],
-        [c.providers[i] for i in keep],
-        [c.categories[i] for i in keep],
-        c.vectors[keep],
-        c.features[keep],
-        c.long_tail[keep] if len(c.long_tail) == len(c) else np.zeros(len(keep), bool),
-    )
-
-
 def _matching(c: CandidateSet, filters: Filters) -> CandidateSet:
     """The candidates passing ``filters`` (the cached popular list, when Postgres cannot filter it)."""
     categories, providers = set(filters.categories), set(filters.providers)
@@ -374,7 +361,7 @@ def _matching(c: CandidateSet, filters: Filters) -> CandidateSet:
         and (not categories or categories.intersection(c.categories[i]))
         and (not providers or c.providers[i] in providers)
     ]
-    return _subset(c, keep)
+    return c.take(keep)
 
 
 def _retrieval_score(c: CandidateSet) -> np.ndarray:

@@ -49,6 +49,16 @@ def source_order(features: np.ndarray, source: str) -> np.ndarray:
     return place_cold(features[:, CANDIDATE_FEATURES.index(source)].astype(np.float64), features)
 
 
+def best_by_source(c: CandidateSet, source: str, n: int) -> CandidateSet:
+    """The ``n`` candidates ``source_order`` ranks first, in their original order: what reaches the rerank pool (its
+    best ``n``) when a model serves that order. ``source_order`` gives them the same scores within this subset: the
+    best scored candidate stays in it, and a new item that is not a near-duplicate ranks below every scored candidate,
+    so it is in the subset only when all the scored candidates are."""
+    if len(c) <= n:
+        return c
+    return c.take(np.sort(np.argsort(-source_order(c.features, source), kind="stable")[:n]))
+
+
 def place_cold(scores: np.ndarray, features: np.ndarray) -> np.ndarray:
     """One list's scores (a source's or the ranker's) with the items neither collaborative source can score placed
     by their content: new items (no vector, no neighbours) have no other evidence, and no ranker has seen one
@@ -369,6 +379,20 @@ class CandidateSet:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def take(self, keep: list[int] | np.ndarray) -> CandidateSet:
+        """The candidates at positions ``keep``, in that order."""
+        keep = [int(i) for i in keep]
+        return CandidateSet(
+            [self.item_ids[i] for i in keep],
+            [self.titles[i] for i in keep],
+            [self.domains[i] for i in keep],
+            [self.providers[i] for i in keep],
+            [self.categories[i] for i in keep],
+            self.vectors[keep],
+            self.features[keep],
+            self.long_tail[keep] if len(self.long_tail) == len(self) else np.zeros(len(keep), bool),
+        )
 
 
 USER_VECTORS_SQL = """
