@@ -29,8 +29,6 @@ from bench.common import report
 
 RESULTS = Path(__file__).with_name("results") / "probe_hop.json"
 
-VARIANTS = ("thread-by-value", "loop-by-value", "thread-by-reference")
-
 
 def candidates(n: int) -> Any:
     from recstack.stages.retrieve import CandidateSet
