@@ -5,7 +5,7 @@ Needs a stack with data, features materialized and a promoted model (`recstack d
 scale steps). Usage (with the stack's RECSTACK_* environment):
 
     python -m bench.bench_serving [--rates 25 50 100] [--seconds 20] [--modes fused fused-direct graph]
-        [--cache off on] [--users 2000]
+        [--cache off on] [--users 2000] [--rounds 1]
 
 Open-loop load: requests start on a fixed schedule whatever the answers do (no coordinated omission), from one
 asyncio client in this process. Writes bench/results/serving.json.
@@ -20,12 +20,17 @@ Result cache: each mode runs without it (``off``: RECSTACK_RESULT_CACHE_TTL_S=0)
 TTL, 30 s by default); rows with the cache are named ``<mode>+cache`` and carry the hit rate the client saw (answers
 with ``cached: true`` among the 200s). The hit rate follows from the load, not from the cache: requests pick a random
 user of ``--users`` sampled ones, so fewer users (or a longer run at a higher rate) repeat more requests within the TTL.
+
+Rounds: the machine's speed drifts between runs as much as the shapes differ, so ``--rounds N`` runs the modes N times
+in turn (A B, B A, A B, ...) and reports each mode's p50 over the first mode's in each round and the median of those
+(``p50_ratios``; ``--modes fused-front graph-front`` gives the graph over fused ratio of issue 16).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from pathlib import Path
 
@@ -128,6 +133,52 @@ def serve_mode(mode: str, port: int, num_cpus: int | None = None) -> list[str]:
     raise RuntimeError(f"{mode} app not ready")
 
 
+def run_mode(mode: str, cache: str, users: list[str], rates: list[float], seconds: float) -> dict[str, object]:
+    """One Ray start serving ``mode`` with the result cache ``cache`` (off | on): the load at each of ``rates``."""
+    import os
+
+    import ray
+    from ray import serve
+
+    ttl = get_settings().result_cache_ttl_s
+    name = f"{mode}+cache" if cache == "on" else mode
+    # Replicas read their settings from the environment of the Ray started below.
+    os.environ["RECSTACK_RESULT_CACHE_TTL_S"] = str(ttl if cache == "on" else 0)
+    figures: dict[str, object] = {f"{name}_result_cache_ttl_s": ttl if cache == "on" else 0}
+    urls = serve_mode(mode, free_port())
+    figures[f"{name}_targets"] = len(urls)
+    asyncio.run(constant_rate(urls, users, 10, 5))  # warm-up
+    best = None
+    for rate in rates:
+        result = asyncio.run(constant_rate(urls, users, rate, seconds))
+        figures[f"{name}@{rate:g}rps"] = result
+        print(f"{name}@{rate:g}rps {result}", flush=True)
+        if float(result["p99"]) < 100:  # type: ignore[arg-type]
+            best = rate
+    figures[f"{name}_highest_rate_p99_under_100ms"] = best
+    serve.delete("recstack")
+    serve.shutdown()
+    ray.shutdown()
+    return figures
+
+
+def p50_ratios(rounds: list[dict[str, object]], modes: list[str], rates: list[float]) -> dict[str, object]:
+    """Each later mode's p50 over the first mode's, per round and rate, and the median over rounds: the machine's
+    speed drifts between runs about as much as the shapes differ, so only modes measured side by side compare."""
+    out: dict[str, object] = {}
+    first, *others = modes
+    for mode in others:
+        for rate in rates:
+            ratios = []
+            for figures in rounds:
+                a, b = figures.get(f"{mode}@{rate:g}rps"), figures.get(f"{first}@{rate:g}rps")
+                if isinstance(a, dict) and isinstance(b, dict) and "p50" in a and "p50" in b:
+                    ratios.append(round(float(a["p50"]) / float(b["p50"]), 3))
+            if ratios:
+                out[f"{mode}/{first}@{rate:g}rps"] = {"per_round": ratios, "median": statistics.median(ratios)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[25, 50, 100])
@@ -146,37 +197,32 @@ def main() -> None:
         default=["off", "on"],
         help="run each mode without the result cache (TTL 0) and/or with it (the configured TTL)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the modes this many times, in turn (A B, B A, A B, ...), and report each mode's p50 over the first "
+        "mode's per round and its median",
+    )
     parser.add_argument("--users", type=int, default=2000, help="users sampled; each request picks one at random")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     users = sample_users(args.users)
     figures: dict[str, object] = {"users_sampled": len(users), "in_process": in_process_p50(users)}
-    import os
-
-    import ray
-    from ray import serve
-
-    ttl = get_settings().result_cache_ttl_s
-    for mode in args.modes:
-        for cache in args.cache:
-            # Replicas read their settings from the environment of the Ray started below.
-            os.environ["RECSTACK_RESULT_CACHE_TTL_S"] = str(ttl if cache == "on" else 0)
-            name = f"{mode}+cache" if cache == "on" else mode
-            figures[f"{name}_result_cache_ttl_s"] = ttl if cache == "on" else 0
-            urls = serve_mode(mode, free_port())
-            figures[f"{name}_targets"] = len(urls)
-            asyncio.run(constant_rate(urls, users, 10, 5))  # warm-up
-            best = None
-            for rate in args.rates:
-                result = asyncio.run(constant_rate(urls, users, rate, args.seconds))
-                figures[f"{name}@{rate:g}rps"] = result
-                print(f"{name}@{rate:g}rps {result}", flush=True)
-                if float(result["p99"]) < 100:  # type: ignore[arg-type]
-                    best = rate
-            figures[f"{name}_highest_rate_p99_under_100ms"] = best
-            serve.delete("recstack")
-            serve.shutdown()
-            ray.shutdown()
+    rounds: list[dict[str, object]] = []
+    for n in range(args.rounds):
+        this: dict[str, object] = {}
+        for mode in args.modes if n % 2 == 0 else args.modes[::-1]:
+            for cache in args.cache:
+                this.update(run_mode(mode, cache, users, args.rates, args.seconds))
+        rounds.append(this)
+    figures.update(rounds[0])
+    if args.rounds > 1:
+        figures["rounds"] = rounds
+        names = [f"{m}+cache" if c == "on" else m for m in args.modes for c in args.cache]
+        figures["p50_ratios"] = p50_ratios(rounds, names, args.rates)
     report(figures, args.out)
     print(f"figures in {args.out}")
 
