@@ -2,17 +2,20 @@
 watched/liked history matrix (recstack.stages.item_item), kept as each item's top-N neighbours.
 
 EASE needs an items x items inverse, so it is fit on a head of the catalog: the most touched items with at least
-``MIN_TOUCHES`` touches, at most ``MAX_ITEMS`` (the EASE baseline's head), and never fewer than ``MIN_HEAD`` when the
-data has them. Rows are kept whole while the head's weights fit ``MAX_WEIGHTS``; past it each row keeps its largest
-magnitudes, ``MAX_WEIGHTS / head`` of them. Measured (NDCG@10 of the item-item source, random protocol, scored as
-/recommend orders it; bench/probe_item_item.py on ml-latest-small, the 1M figures with the same functions on the
-1M stack's events, issue 14's note):
+``MIN_TOUCHES`` touches, at most ``MAX_ITEMS`` (wider than the EASE baseline's 8000), and never fewer than
+``MIN_HEAD`` when the data has them. Rows are kept whole while the head's weights fit ``MAX_WEIGHTS``; past it each
+row keeps its largest magnitudes, ``MAX_WEIGHTS / head`` of them. Measured (NDCG@10 of the item-item source, random
+protocol, scored as /recommend orders it; bench/probe_item_item.py on ml-latest-small, the 1M figures with the same
+functions on the 1M stack's events, issue 14's note):
   * ml-latest-small (9k items, 2.2k with 10+ ratings): whole rows on a head of 1000 0.285, 2500 0.286, 8000 0.285;
     a head of 8000 cut to 800 / 2000 / 4000 neighbours 0.274 / 0.281 / 0.285: the rare items add nothing and cutting
     the rows of the popular ones costs, so the head is the items with 10+ touches, rows whole;
   * 1M users / 100k items (20M events): whole rows on a head of 2500 0.0687 (0.89x the EASE baseline), 5000 0.0760,
     8000 0.0789 (1.025x); a head of 8000 cut to 500 / 1000 / 2000 neighbours 0.0784 / 0.0786 / 0.0787: the head is
-    what matters there, the cut hardly (8M weights where whole rows would be 64M).
+    what matters there, the cut hardly (8M weights where whole rows would be 64M). At the same 8M weights
+    (bench/probe_head.py, history model at l2 100): 8000 x 1000 0.0786 (1.022x), 12000 x 666 0.0816 (1.060x),
+    16000 x 500 0.0825 (1.072x); ``select`` with the sequence model on 12000 items: 0.0823 (1.069x), peak RSS 13.8 GB,
+    17.5 min; on 16000 it ran out of memory (19.9 GB: the head^2 float64 Grams and inverses). Hence 12000.
 
 The ridge penalty is chosen per dataset (``select``) from ``L2``, the value tuned on ml-latest-small: a penalty
 suits the data it was tuned on (the Gram matrix grows with the users and their histories). Test-split NDCG@10 by
@@ -48,7 +51,7 @@ from training.protocols import ProtocolConfig, split
 
 log = logging.getLogger(__name__)
 
-MAX_ITEMS = 8000
+MAX_ITEMS = 12000  # the largest head whose ``select`` fits 24 GB at 1M users (module docstring)
 MIN_TOUCHES = 10
 MIN_HEAD = 1000
 MAX_WEIGHTS = 8_000_000
