@@ -133,6 +133,11 @@ def serve_mode(mode: str, port: int, num_cpus: int | None = None) -> list[str]:
     raise RuntimeError(f"{mode} app not ready")
 
 
+def row_name(mode: str, cache: str) -> str:
+    """A mode's rows in the figures: ``<mode>`` without the result cache, ``<mode>+cache`` with it."""
+    return f"{mode}+cache" if cache == "on" else mode
+
+
 def run_mode(mode: str, cache: str, users: list[str], rates: list[float], seconds: float) -> dict[str, object]:
     """One Ray start serving ``mode`` with the result cache ``cache`` (off | on): the load at each of ``rates``."""
     import os
@@ -141,7 +146,7 @@ def run_mode(mode: str, cache: str, users: list[str], rates: list[float], second
     from ray import serve
 
     ttl = get_settings().result_cache_ttl_s
-    name = f"{mode}+cache" if cache == "on" else mode
+    name = row_name(mode, cache)
     # Replicas read their settings from the environment of the Ray started below.
     os.environ["RECSTACK_RESULT_CACHE_TTL_S"] = str(ttl if cache == "on" else 0)
     figures: dict[str, object] = {f"{name}_result_cache_ttl_s": ttl if cache == "on" else 0}
@@ -221,7 +226,7 @@ def main() -> None:
     figures.update(rounds[0])
     if args.rounds > 1:
         figures["rounds"] = rounds
-        names = [f"{m}+cache" if c == "on" else m for m in args.modes for c in args.cache]
+        names = [row_name(m, c) for m in args.modes for c in args.cache]
         figures["p50_ratios"] = p50_ratios(rounds, names, args.rates)
     report(figures, args.out)
     print(f"figures in {args.out}")
