@@ -1,10 +1,11 @@
 """The item-item source's head against the EASE baseline on a stack's own events, offline: `recstack evaluate`'s
-split and sampled users (random protocol, seed 42, 1,000 users), the served item-item functions
-(training/item_item.py), each user's seen items excluded. For data too large to re-ingest as MovieLens
-(bench/probe_item_item.py is the ml-latest-small twin). The ``default`` row reproduces `recstack evaluate`'s
-item-item order when the trained model serves it (at 1M users, head 2500: 0.0687 both).
+split and sampled users (random protocol, seed 42; ``--users`` of them, sampled as `recstack evaluate --users`
+samples), the served item-item functions (training/item_item.py), each user's seen items excluded. For data too
+large to re-ingest as MovieLens (bench/probe_item_item.py is the ml-latest-small twin). The ``default`` row
+reproduces `recstack evaluate`'s item-item order when the trained model serves it (at 1M users, head 2500: 0.0687
+both).
 
-    RECSTACK_HOME=... python -m bench.probe_head default 2500 8000:1000
+    RECSTACK_HOME=... python -m bench.probe_head [--users 1000] default 2500 8000:1000
 
 Variants: ``default`` (fit_ease's defaults), ``<head>`` (whole rows on that many of the most touched items, if they
 fit the weight budget) or ``<head>:<n>`` (rows cut to their n largest magnitudes), any of them with ``,l2=<x>`` (the
@@ -37,6 +38,7 @@ def _rows_of(scores: np.ndarray, row: dict[int, int]) -> Callable[[int], np.ndar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="+", help="default | <head> | <head>:<neighbours>")
+    parser.add_argument("--users", type=int, default=EvalConfig.users, help="test users sampled, as `evaluate --users`")
     args = parser.parse_args()
     settings = get_settings()
     started = time.perf_counter()
@@ -45,7 +47,7 @@ def main() -> None:
         events = load_interactions(conn, catalog)
     split = protocols.ProtocolConfig(name="random", seed=42)
     holdout = protocols.split(events.user, events.item, events.event_type, events.value, events.ts, split)
-    test = build_test_set(catalog, events, holdout, EvalConfig())
+    test = build_test_set(catalog, events, holdout, EvalConfig(users=args.users))
     n_items = catalog.n_items
     print(f"{len(events)} events, {len(test.users)} users ({time.perf_counter() - started:.0f} s)", flush=True)
     history = item_item.history_matrix(test.before, catalog.n_users, n_items)

@@ -5,7 +5,10 @@ the same machine:
 
 * ``thread-by-value``: a sync method (Serve runs it on its thread pool), called over the inter-deployment gRPC;
 * ``loop-by-value``: the same method as ``async def`` (run on the replica's event loop), over gRPC;
-* ``thread-by-reference``: the sync method called as a Ray actor task (``_by_reference=True``).
+* ``thread-by-reference``: the sync method called as a Ray actor task (``_by_reference=True``);
+* ``raw-grpc``: no Serve at all: a plain ``grpc.aio`` server on the loop-echo replica's event loop, called from the
+  caller's loop with the same pickled answer and the same work: the floor under Serve's hop between these two
+  processes (what is Serve's in a hop is the difference).
 
     python -m bench.probe_hop [--calls 300] [--work-ms 0 4] [--candidates 120]
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -71,14 +75,35 @@ def build(n: int) -> Any:
     class EchoOnLoop:
         def __init__(self) -> None:
             self.answer = candidates(n)
+            self.raw_port = 0
+            self.raw_server: Any = None
 
         async def get(self, ms: float) -> Any:
             busy(ms)
             return self.answer
 
+        async def serve_raw(self) -> int:
+            """Start a plain gRPC server on this replica's loop, answering like ``get``; its port."""
+            import grpc
+
+            if not self.raw_port:
+
+                async def echo(request: bytes, context: Any) -> bytes:
+                    busy(pickle.loads(request))
+                    return pickle.dumps(self.answer, protocol=5)
+
+                self.raw_server = grpc.aio.server()
+                self.raw_server.add_generic_rpc_handlers(
+                    (grpc.method_handlers_generic_handler("probe", {"Get": grpc.unary_unary_rpc_method_handler(echo)}),)
+                )
+                self.raw_port = self.raw_server.add_insecure_port("127.0.0.1:0")
+                await self.raw_server.start()
+            return self.raw_port
+
     @serve.deployment(name="Caller", ray_actor_options={"num_cpus": 0.1})
     class Caller:
         def __init__(self, on_threads: Any, on_loop: Any) -> None:
+            self.on_loop = on_loop
             self.handles = {
                 "thread-by-value": on_threads.options(_by_reference=False),
                 "loop-by-value": on_loop.options(_by_reference=False),
@@ -86,11 +111,21 @@ def build(n: int) -> Any:
             }
 
         async def run(self, calls: int, ms: float) -> dict[str, dict[str, float]]:
-            took: dict[str, list[float]] = {name: [] for name in self.handles}
+            import grpc
+
+            port = await self.on_loop.serve_raw.remote()
+            raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}").unary_unary("/probe/Get")
+
+            async def raw_get(ms: float) -> Any:
+                return pickle.loads(await raw(pickle.dumps(ms)))
+
+            calls_by_name = {name: handle.get.remote for name, handle in self.handles.items()}
+            calls_by_name["raw-grpc"] = raw_get
+            took: dict[str, list[float]] = {name: [] for name in calls_by_name}
             for _ in range(calls + 20):
-                for name, handle in self.handles.items():
+                for name, call in calls_by_name.items():
                     started = time.perf_counter()
-                    await handle.get.remote(ms)
+                    await call(ms)
                     took[name].append(time.perf_counter() - started)
                     await asyncio.sleep(0.02)  # idle between calls, as at 25-50 requests/s
             return {
