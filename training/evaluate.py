@@ -241,7 +241,7 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     frame = ranked_candidates(
         settings, record, catalog, test, retrieval, lambda done, total: step("features", done, total)
     )
-    timings["ranker_features_s"] = round(time.perf_counter() - t, 2)
+    timings["ranked_candidates_s"] = round(time.perf_counter() - t, 2)
     run("retrieval_ranker", lambda: ranker_slates(frame, test.users, kmax))
     tail = long_tail_mask(all_popularity)
     run("retrieval_ranker_rerank", lambda: reranked_slates(frame, test.users, catalog, item_cf, tail, kmax, cfg.rerank))
