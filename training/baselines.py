@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
+from scipy.linalg import lapack
 
 from training.embeddings import pairs
 from training.interactions import Interactions
@@ -63,17 +64,41 @@ def ease_weights(x: sparse.csr_matrix, l2: float) -> np.ndarray:
     return ease_from_gram(gram_matrix(x), l2)
 
 
-def gram_matrix(x: sparse.csr_matrix) -> np.ndarray:
-    """X'X, dense, in float64."""
+def gram_matrix(x: sparse.csr_matrix, block: int = 2048) -> np.ndarray:
+    """X'X, dense, in float64, a block of columns at a time: a head of 16,000 items makes a nearly dense Gram matrix,
+    which as one sparse product would hold its 256M entries with their indices beside the dense copy."""
     xh = x.astype(np.float64)
-    return np.asarray((xh.T @ xh).toarray())
+    rows, columns = xh.T.tocsr(), xh.tocsc()
+    n = x.shape[1]
+    gram = np.empty((n, n), np.float64)
+    for start in range(0, n, block):
+        gram[:, start : start + block] = (rows @ columns[:, start : start + block]).toarray()
+    return gram
 
 
 def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
-    """``ease_weights`` from X'X (one Gram matrix serves every penalty tried)."""
-    penalised = gram.copy()
-    penalised[np.diag_indices_from(penalised)] += l2
-    p = np.linalg.inv(penalised)
-    b = -p / np.diag(p)[None, :]
+    """``ease_weights`` from X'X (one Gram matrix serves every penalty tried), in one matrix beside ``gram``."""
+    b = gram.copy()
+    b[np.diag_indices_from(b)] += l2
+    b = spd_inverse(b)
+    b /= -np.diag(b).copy()[None, :]
     np.fill_diagonal(b, 0)
     return b
+
+
+def spd_inverse(a: np.ndarray, block: int = 2048) -> np.ndarray:
+    """The inverse of the symmetric positive definite ``a`` (float64, C order), in ``a``'s memory: Cholesky (LAPACK
+    potrf / potri), a third of ``np.linalg.inv``'s time here and no second matrix (2 GB each at 16,000 items)."""
+    factor, info = lapack.dpotrf(a.T, lower=0, overwrite_a=1, clean=0)  # a.T: the same matrix in Fortran order
+    if info == 0:
+        factor, info = lapack.dpotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"not positive definite (LAPACK info {info})")
+    out: np.ndarray = factor.T  # its lower triangle holds the inverse; mirror it into the upper one, block by block
+    for start in range(0, len(out), block):
+        end = min(start + block, len(out))
+        out[start:end, end:] = out[end:, start:end].T
+        square = out[start:end, start:end]
+        upper = np.triu_indices(end - start, 1)
+        square[upper] = square.T[upper]
+    return out

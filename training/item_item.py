@@ -143,21 +143,34 @@ def fit_ease(
     return as_item_item(ease_weights(x[:, head], l2), head, x.shape[1], neighbours)
 
 
-def as_item_item(b: np.ndarray, head: np.ndarray, n_items: int, neighbours: int | None = None) -> ItemItem:
-    """Dense head x head weights as the served sparse neighbours (rows cut past the weight budget)."""
-    if neighbours is None and len(head) ** 2 > MAX_WEIGHTS:
-        neighbours = MAX_WEIGHTS // len(head)
-    keep = len(head) if neighbours is None else min(neighbours, len(head) - 1)
-    # Cut by magnitude: EASE's negative weights carry as much as its positive ones (on ml-latest-small, rows cut to
-    # their 200 largest weights lost 11% NDCG@10, to their 200 largest magnitudes nothing).
-    top = (
-        np.argpartition(-np.abs(b), keep - 1, axis=1)[:, :keep]
-        if keep < len(head)
-        else np.tile(np.arange(keep), (keep, 1))
+Rows = Callable[[slice], np.ndarray]  # rows of dense head x head weights, by position in the head
+
+
+def as_item_item(
+    b: np.ndarray | Rows, head: np.ndarray, n_items: int, neighbours: int | None = None, block: int = 1024
+) -> ItemItem:
+    """Dense head x head weights (or a function giving their rows) as the served sparse neighbours (rows cut past the
+    weight budget), a block of rows at a time: no head x head temporary (2 GB each at 16,000 items)."""
+    rows_of: Rows = b.__getitem__ if isinstance(b, np.ndarray) else b
+    n = len(head)
+    if neighbours is None and n**2 > MAX_WEIGHTS:
+        neighbours = MAX_WEIGHTS // n
+    keep = n if neighbours is None else min(neighbours, n - 1)
+    values, columns = [], []
+    for start in range(0, n, block):
+        rows = rows_of(slice(start, start + block))
+        # Cut by magnitude: EASE's negative weights carry as much as its positive ones (on ml-latest-small, rows cut
+        # to their 200 largest weights lost 11% NDCG@10, to their 200 largest magnitudes nothing).
+        top = (
+            np.argpartition(-np.abs(rows), keep - 1, axis=1)[:, :keep]
+            if keep < n
+            else np.tile(np.arange(keep), (len(rows), 1))
+        )
+        values.append(np.take_along_axis(rows, top, axis=1).astype(np.float32).ravel())
+        columns.append(head[top].ravel())
+    matrix = sparse.csr_matrix(
+        (np.concatenate(values), (np.repeat(head, keep), np.concatenate(columns))), shape=(n_items, n_items)
     )
-    values = np.take_along_axis(b, top, axis=1).astype(np.float32)
-    rows = np.repeat(head, keep)
-    matrix = sparse.csr_matrix((values.ravel(), (rows, head[top].ravel())), shape=(n_items, n_items))
     return ItemItem(matrix.astype(np.float32))
 
 
@@ -200,15 +213,16 @@ def fit(events: Interactions, n_users: int, n_items: int, choice: Choice = Choic
     if len(head) < 2:
         return ItemItem.empty(n_items)
     b = ease_weights(x[:, head], choice.l2)
-    if choice.sequence_weight:
-        b = blend(b, choice, baselines.ease_from_gram(sequence_gram(events, head, SEQUENCE_WINDOW), choice.sequence_l2))
-    return as_item_item(b, head, n_items)
+    if not choice.sequence_weight:
+        return as_item_item(b, head, n_items)
+    b_sequence = baselines.ease_from_gram(sequence_gram(events, head, SEQUENCE_WINDOW), choice.sequence_l2)
+    return as_item_item(blend(b, choice, b_sequence), head, n_items)
 
 
-def blend(b_history: np.ndarray, choice: Choice, b_sequence: np.ndarray) -> np.ndarray:
-    """The served weights over the head: the history model's plus ``choice.sequence_weight`` times the sequence
-    model's (EASE of ``sequence_gram`` at ``choice.sequence_l2``), what ``fit`` serves and ``select`` judges."""
-    return b_history + choice.sequence_weight * b_sequence
+def blend(b_history: np.ndarray, choice: Choice, b_sequence: np.ndarray) -> Rows:
+    """The served weights over the head, row by row: the history model's plus ``choice.sequence_weight`` times the
+    sequence model's (EASE of ``sequence_gram`` at ``choice.sequence_l2``): what ``fit`` serves, ``select`` judges."""
+    return lambda rows: b_history[rows] + choice.sequence_weight * b_sequence[rows]
 
 
 @dataclass
@@ -253,7 +267,7 @@ def select(
     gram = baselines.gram_matrix(x[:, head])
     ndcg: dict[Choice, float] = {}
 
-    def judge(choice: Choice, b: np.ndarray) -> float:
+    def judge(choice: Choice, b: np.ndarray | Rows) -> float:
         started = time.perf_counter()
         served = as_item_item(b, head, n_items).weights[head][:, head]
         scores = np.asarray((query @ served).todense(), np.float64)
@@ -265,12 +279,9 @@ def select(
         )
         return ndcg[choice]
 
-    def by_l2(l2: float) -> float:
-        choice = Choice(l2)
-        return ndcg[choice] if choice in ndcg else judge(choice, baselines.ease_from_gram(gram, l2))
-
-    chosen = Choice(walk(by_l2, L2))
+    chosen = Choice(walk(by_penalty(gram, judge, ndcg), L2))
     b = baselines.ease_from_gram(gram, chosen.l2)
+    del gram  # at most four head x head matrices from here: b, the sequence Gram, the best and the current sequence fit
     sequence = sequence_gram(history, head, SEQUENCE_WINDOW)
     best: tuple[Choice, np.ndarray] | None = None  # the best sequence model so far, its weights
     for factor in SEQUENCE_L2:
@@ -279,10 +290,25 @@ def select(
             choice = Choice(chosen.l2, weight, chosen.l2 * factor)
             if judge(choice, blend(b, choice, b_sequence)) > (ndcg[best[0]] if best else -1.0):
                 best = (choice, b_sequence)
+        del b_sequence
+    del sequence
+    served: np.ndarray | Rows = b
     if best is not None and ndcg[best[0]] > ndcg[chosen] * (1 + MIN_GAIN):
         chosen = best[0]
-        b = blend(b, chosen, best[1])
-    return Selected(chosen, as_item_item(b, head, n_items), {c.label(): v for c, v in ndcg.items()})
+        served = blend(b, chosen, best[1])
+    return Selected(chosen, as_item_item(served, head, n_items), {c.label(): v for c, v in ndcg.items()})
+
+
+def by_penalty(
+    gram: np.ndarray, judge: Callable[[Choice, np.ndarray], float], judged: dict[Choice, float]
+) -> Callable[[float], float]:
+    """What ``walk`` calls: the held-out NDCG@10 of the history model at a penalty, each fit judged once."""
+
+    def at(l2: float) -> float:
+        choice = Choice(l2)
+        return judged[choice] if choice in judged else judge(choice, baselines.ease_from_gram(gram, l2))
+
+    return at
 
 
 def select_on(events: Interactions, n_users: int, n_items: int, seed: int = 42) -> Selected:
