@@ -163,3 +163,37 @@ def test_the_rankers_order_places_new_items_the_same_way_per_list() -> None:
     frame["user"] = [1, 1, 1, 2, 2, 2]
     both = as_served(frame, np.array([2.0, 1.0, 9.0, 200.0, 100.0, 900.0]))
     assert list(np.argsort(-both[:3])) == [0, 2, 1] and list(np.argsort(-both[3:])) == [0, 2, 1]
+
+
+def test_ease_weights_equal_the_textbook_inverse() -> None:
+    """The in-place Cholesky inverse and the blocked Gram matrix give B = I - P / diag(P), P = (X'X + l2 I)^-1."""
+    from scipy import sparse
+
+    from training import baselines
+
+    x = sparse.random(400, 150, density=0.1, random_state=3, format="csr", dtype=np.float32)
+    dense = x.toarray().astype(np.float64)
+    p = np.linalg.inv(dense.T @ dense + 7.0 * np.eye(150))
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0)
+    got = baselines.ease_from_gram(baselines.gram_matrix(x, block=64), 7.0)  # several column and row blocks
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        baselines.spd_inverse(dense.T @ dense + np.eye(150), block=64),
+        np.linalg.inv(dense.T @ dense + np.eye(150)),
+        rtol=1e-9,
+        atol=1e-12,
+    )
+
+
+def test_row_blocks_and_blends_give_the_same_neighbours() -> None:
+    from training import item_item
+
+    rng = np.random.default_rng(5)
+    b, extra = rng.standard_normal((30, 30)), rng.standard_normal((30, 30))
+    head = np.arange(30) * 2 + 1
+    whole = item_item.as_item_item(b + 0.5 * extra, head, 70, neighbours=7).weights.toarray()
+    choice = item_item.Choice(sequence_weight=0.5)
+    blocked = item_item.as_item_item(item_item.blend(b, choice, extra), head, 70, neighbours=7, block=4)
+    np.testing.assert_array_equal(blocked.weights.toarray(), whole)
+    assert (np.count_nonzero(whole, axis=1)[head] == 7).all()
