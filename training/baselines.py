@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 from training.embeddings import pairs
 from training.interactions import Interactions
@@ -88,10 +89,13 @@ def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
 
 def spd_inverse(a: np.ndarray, block: int = 2048) -> np.ndarray:
     """The inverse of the symmetric positive definite ``a`` (float64, C order), in ``a``'s memory: Cholesky (LAPACK
-    potrf / potri), a third of ``np.linalg.inv``'s time here and no second matrix (2 GB each at 16,000 items)."""
-    factor, info = lapack.dpotrf(a.T, lower=0, overwrite_a=1, clean=0)  # a.T: the same matrix in Fortran order
-    if info == 0:
-        factor, info = lapack.dpotri(factor, lower=0, overwrite_c=1)
+    potrf / potri) and no second matrix (2 GB each at 16,000 items). On one BLAS thread: OpenBLAS's threaded potrf
+    (its threaded syrk) crashes the process on two threads at large orders (16,000 here, scipy's OpenBLAS 0.3.30;
+    OpenMathLib/OpenBLAS#2562, #2821), on one it does not; 16,000 takes 80 s so, ``np.linalg.inv`` on two ~140 s."""
+    with threadpool_limits(1, user_api="blas"):
+        factor, info = lapack.dpotrf(a.T, lower=0, overwrite_a=1, clean=0)  # a.T: the same matrix in Fortran order
+        if info == 0:
+            factor, info = lapack.dpotri(factor, lower=0, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"not positive definite (LAPACK info {info})")
     out: np.ndarray = factor.T  # its lower triangle holds the inverse; mirror it into the upper one, block by block
