@@ -15,7 +15,9 @@ functions on the 1M stack's events, issue 14's note):
     what matters there, the cut hardly (8M weights where whole rows would be 64M). At the same 8M weights
     (bench/probe_head.py, history model at l2 100): 8000 x 1000 0.0786 (1.022x), 12000 x 666 0.0816 (1.060x),
     16000 x 500 0.0825 (1.072x); ``select`` with the sequence model on 12000 items: 0.0823 (1.069x), peak RSS 13.8 GB,
-    17.5 min; on 16000 it ran out of memory (19.9 GB: the head^2 float64 Grams and inverses). Hence 12000.
+    17.5 min; on 16000 it then ran out of memory (19.9 GB: the head^2 float64 Grams and inverses). Judged on 4,000
+    users: 12000 x 666 1.046x, 16000 x 500 1.065x. ``select`` now holds at most four head x head matrices (in-place
+    Cholesky inverse, row blocks); `recstack train` at 1M with a 16000 head peaked at 12.6 GB (14.0 at 12000 before).
 
 The ridge penalty is chosen per dataset (``select``) from ``L2``, the value tuned on ml-latest-small: a penalty
 suits the data it was tuned on (the Gram matrix grows with the users and their histories). Test-split NDCG@10 by
@@ -51,7 +53,7 @@ from training.protocols import ProtocolConfig, split
 
 log = logging.getLogger(__name__)
 
-MAX_ITEMS = 12000  # the largest head whose ``select`` fits 24 GB at 1M users (module docstring)
+MAX_ITEMS = 16000  # a wider head still helped at 1M users (module docstring)
 MIN_TOUCHES = 10
 MIN_HEAD = 1000
 MAX_WEIGHTS = 8_000_000
