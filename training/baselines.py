@@ -91,7 +91,8 @@ def spd_inverse(a: np.ndarray, block: int = 2048) -> np.ndarray:
     """The inverse of the symmetric positive definite ``a`` (float64, C order), in ``a``'s memory: Cholesky (LAPACK
     potrf / potri) and no second matrix (2 GB each at 16,000 items). On one BLAS thread: OpenBLAS's threaded potrf
     (its threaded syrk) crashes the process on two threads at large orders (16,000 here, scipy's OpenBLAS 0.3.30;
-    OpenMathLib/OpenBLAS#2562, #2821), on one it does not; 16,000 takes 80 s so, ``np.linalg.inv`` on two ~140 s."""
+    OpenMathLib/OpenBLAS#2562, #2821), on one it does not. 16,000 takes 79 s so (``np.linalg.inv``, LU on two
+    threads, took 7.3 s at 6,000: ~140 s at 16,000 if it grows as n^3)."""
     with threadpool_limits(1, user_api="blas"):
         factor, info = lapack.dpotrf(a.T, lower=0, overwrite_a=1, clean=0)  # a.T: the same matrix in Fortran order
         if info == 0:
