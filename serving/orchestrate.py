@@ -372,8 +372,12 @@ def _retrieval_score(c: CandidateSet) -> np.ndarray:
 
 
 def _reasons(c: CandidateSet, i: int, explained: dict[str, list[str]]) -> list[str]:
+    """Why the item is in the slate: each source that found it (every candidate has one), then the model's feature
+    contributions when the explain stage answered."""
     f = dict(zip(CANDIDATE_FEATURES, c.features[i].tolist(), strict=True))
     out = []
+    if f["from_ii"]:
+        out.append(f"people who liked what you liked also liked it (item-item score {f['ii_score']:.3f})")
     if f["from_cf"]:
         out.append(f"similar to your taste (collaborative score {f['cf_score']:.3f})")
     if f["from_content"]:

@@ -133,7 +133,8 @@ def test_endpoints_answer(api: str, trained_stack: Settings) -> None:
     fallbacks = f"first answer degraded by:\n{first_degraded}" if slate["degraded"] else ""
     assert len(slate["items"]) == 10 and not slate["degraded"] and slate["model_version"] == version, fallbacks
     assert len({i["item_id"] for i in slate["items"]}) == 10
-    assert all(i["reasons"] and i["title"] for i in slate["items"])
+    bare = [i for i in slate["items"] if not (i["reasons"] and i["title"])]
+    assert not bare, f"items without a reason or a title: {bare}\n{_fallbacks(api)}"
     first = slate["items"][0]["item_id"]
     similar = requests.get(f"{api}/items/{first}/similar?k=5", timeout=10)
     assert similar.status_code == 200 and 1 <= len(similar.json()["items"]) <= 5

@@ -144,3 +144,19 @@ def test_a_model_ordered_by_one_source_is_served_without_the_lookup_and_rank_cal
     assert second.model_version == first.model_version == "v2" and not second.degraded
     assert stages.calls["rank"] == 2 and stages.calls["lookup"] == 2  # the first and the explained request only
     assert [i.item_id for i in explained.items] == [i.item_id for i in first.items]
+
+
+def test_every_explained_item_has_a_reason_even_when_the_explain_stage_fails() -> None:
+    """The sources that found an item are its reasons; the model's feature contributions come on top when the
+    explain stage answers. An item only the item-item source found still says why it is there (CI once served
+    a slate with empty reasons when the explain call was late)."""
+    stages = Stages()
+    callers = stages.callers()
+    listed = candidates("r", 30)
+    listed.features[:, CANDIDATE_FEATURES.index("ii_score")] = np.linspace(0.9, 0.1, 30)
+    listed.features[:, CANDIDATE_FEATURES.index("from_ii")] = 1.0
+    callers.retrieve = stages.caller("retrieve", lambda *a: listed)
+    stages.fail.add("explain")
+    out = run(Recommender(callers, deadline_s=0.5), k=5, explain=True)
+    assert not out.degraded and len(out.items) == 5
+    assert all(item.reasons and "item-item score" in item.reasons[0] for item in out.items)
