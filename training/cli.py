@@ -108,4 +108,12 @@ def evaluate(
         f"served pipeline (ranker + rerank) vs the best baseline ({best}): {served[best]['ndcg@10_ratio']:.3f}x "
         f"(95% CI {low:.3f}-{high:.3f})"
     )
+    knobs = result["rerank_knobs"]
+    none = knobs["none"]["ndcg@10"]
+    costs = ", ".join(
+        f"{knob} {row['ndcg@10'] / none if none > 0 else float('nan'):.3f}x (coverage@10 {row['coverage@10']:.3f})"
+        for knob, row in knobs.items()
+        if knob != "none"
+    )
+    console.print(f"each rerank knob alone, NDCG@10 vs no rerank: {costs}")
     console.print(f"report: {paths['markdown']}" + (f"; json: {json_path}" if json_path else ""), highlight=False)

@@ -220,6 +220,12 @@ def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, t
     ratio = methods["retrieval_ranker_rerank"]["ndcg@10"] / methods["popularity"]["ndcg@10"]
     assert abs(served["ndcg@10_ratio"] - ratio) < 1e-3 and served["ci95"][0] <= ratio <= served["ci95"][1]
     assert "served pipeline (ranker + rerank) vs the best baseline" in result.stdout
+    # each rerank knob on its own beside none; no rerank is the ranker's own order
+    knobs = report["rerank_knobs"]
+    assert set(knobs) == {"none", "mmr_lambda", "max_provider_share", "long_tail_min"}
+    assert abs(knobs["none"]["ndcg@10"] - methods["retrieval_ranker"]["ndcg@10"]) < 0.02
+    assert all(0 < row["ndcg@10"] <= 1 and 0 < row["coverage@10"] <= 1 for row in knobs.values())
+    assert "each rerank knob alone" in result.stdout
     folder = trained_stack.reports_dir / "evaluation" / report["model_version"]
     assert (folder / "evaluation.md").read_text().count("| retrieval_ranker |") == 2
     assert (
