@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from recstack.stack import free_port
-from recstack.stages.rerank import long_tail_mask
+from recstack.stages.rerank import NEUTRAL, RerankParams, long_tail_mask
 from training import baselines, metrics
 from training.interactions import Interactions
 from training.protocols import ProtocolConfig, split
@@ -188,10 +188,14 @@ def main() -> None:
             print(f"{step} ...", flush=True)
             timings[step] = run([*recstack, *cmd], env, log)
         url = f"http://127.0.0.1:{api_port}/recommend"
-        variants = {
+        # the default rerank, none (relevance only), and each knob alone at its default, the others neutral
+        default = RerankParams()
+        variants: dict[str, dict[str, Any]] = {
             "recstack_recommend": {},
-            "recstack_recommend_relevance_only": {
-                "rerank": {"mmr_lambda": 1.0, "max_provider_share": 1.0, "long_tail_min": 0}
+            "recstack_recommend_relevance_only": {"rerank": NEUTRAL},
+            **{
+                f"recstack_recommend_{knob}_only": {"rerank": {**NEUTRAL, knob: getattr(default, knob)}}
+                for knob in NEUTRAL
             },
         }
         slates: dict[str, list[np.ndarray]] = {}

@@ -20,6 +20,7 @@ import psycopg
 
 from recstack import stack
 from recstack.settings import get_settings
+from recstack.stages.rerank import NEUTRAL
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
         event = FeedbackEvent(event_id=f"{args.user}-{n}", user_id=args.user, item_id=item, type="like")
         backend.feedback_sink().record(event)
     print(f"user {args.user} liked 8 {category!r} items")
-    relevance_only = RerankOverrides(mmr_lambda=1.0, max_provider_share=1.0, long_tail_min=0)
+    relevance_only = RerankOverrides.model_validate(NEUTRAL)
     for name, overrides in (("configured rerank", None), ("relevance only", relevance_only)):
         slate = asyncio.run(backend.recommender.recommend(RecommendRequest(user_id=args.user, k=10, rerank=overrides)))
         hits = sum(category in categories[i.item_id] for i in slate.items)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from recstack import db, stack
 from recstack.settings import Settings
-from recstack.stages.rerank import Candidates, RerankParams, long_tail_mask, rerank
+from recstack.stages.rerank import NEUTRAL, Candidates, RerankParams, long_tail_mask, rerank
 from recstack.stages.retrieve import RetrievalParams
 from recstack.tables import registry
 from training import baselines, dataset, metrics, protocols
@@ -163,9 +163,6 @@ def reranked_slates(
     return out
 
 
-RERANK_OFF = {"mmr_lambda": 1.0, "max_provider_share": 1.0, "long_tail_min": 0}  # each knob's neutral value
-
-
 def rerank_knobs(
     frame: pd.DataFrame,
     test: TestSet,
@@ -176,10 +173,10 @@ def rerank_knobs(
     p: RerankParams,
 ) -> dict[str, dict[str, float]]:
     """What each rerank knob costs and gives on its own: NDCG@10 and coverage@10 of the ranked candidates
-    reranked with one knob at its configured value and the others neutral (``RERANK_OFF``), and with none."""
+    reranked with one knob at its configured value and the others neutral (``NEUTRAL``), and with none."""
     tail, providers, out = long_tail_mask(popularity), catalog.item_provider, {}
-    for knob in ("none", *RERANK_OFF):
-        update = {**RERANK_OFF, **({knob: getattr(p, knob)} if knob != "none" else {})}
+    for knob in ("none", *NEUTRAL):
+        update = {**NEUTRAL, **({knob: getattr(p, knob)} if knob != "none" else {})}
         slates = reranked_slates(frame, test.users, catalog, item_cf, tail, k, p.model_copy(update=update))
         beyond = metrics.beyond_accuracy(slates, 10, catalog.n_items, catalog.item_categories, popularity, providers)
         out[knob] = {**metrics.accuracy(slates, test.relevant, 10), "coverage@10": beyond["coverage@10"]}

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 MMR_LAMBDA_BOUNDS = (0.0, 1.0)  # inclusive
 PROVIDER_SHARE_BOUNDS = (0.0, 1.0)  # above the first, up to the second
 LONG_TAIL_MIN_BOUNDS = (0, 10)  # inclusive
+# Each knob's value that leaves the score order as it is: all of them = a relevance-only slate.
+NEUTRAL = {"mmr_lambda": 1.0, "max_provider_share": 1.0, "long_tail_min": 0}
 
 
 class RerankParams(BaseModel):
