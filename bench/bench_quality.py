@@ -31,6 +31,7 @@ import pandas as pd
 from recstack.stack import free_port
 from recstack.stages.rerank import NEUTRAL, RerankParams, long_tail_mask
 from training import baselines, metrics
+from training.embeddings import item_popularity
 from training.interactions import Interactions
 from training.protocols import ProtocolConfig, split
 
@@ -79,9 +80,9 @@ def post(url: str, body: dict, timeout: float = 10.0, retries: int = 5) -> dict:
     raise AssertionError("unreachable")
 
 
-def baseline_slates(train: pd.DataFrame, users: np.ndarray, low: float, high: float) -> dict[str, list[np.ndarray]]:
-    """EASE (l2 200), item-kNN (cosine, 200 neighbours) and popularity on the training part, seen items excluded,
-    on recstack's positives (the importer's 1..5 mapping, then the training stages' event weights)."""
+def as_events(train: pd.DataFrame, low: float, high: float) -> tuple[Interactions, np.ndarray, np.ndarray]:
+    """(the ratings as recstack's training stages see them: the importer's 1..5 mapping; user ids; movie ids), users
+    and movies numbered in the order of their ids."""
     uid, user = np.unique(train["user"].to_numpy(), return_inverse=True)
     iid, item = np.unique(train["movie"].to_numpy(), return_inverse=True)
     value = 1.0 + (train["rating"].to_numpy(np.float64) - low) * 4.0 / (high - low)
@@ -92,6 +93,21 @@ def baseline_slates(train: pd.DataFrame, users: np.ndarray, low: float, high: fl
         value.astype(np.float32),
         train["ts"].to_numpy(np.int64),
     )
+    return events, uid, iid
+
+
+def long_tail_movies(train: pd.DataFrame, low: float, high: float) -> set[int]:
+    """The movies serving's long-tail rule calls long tail (rerank.head_floor over the trained popularity,
+    item_vectors.popularity: summed positive weight), here over the training part."""
+    events, uid, iid = as_events(train, low, high)
+    return set(iid[long_tail_mask(item_popularity(events, len(uid), len(iid)))].tolist())
+
+
+def baseline_slates(train: pd.DataFrame, users: np.ndarray, low: float, high: float) -> dict[str, list[np.ndarray]]:
+    """EASE (l2 200), item-kNN (cosine, 200 neighbours) and popularity on the training part, seen items excluded,
+    on recstack's positives (the importer's 1..5 mapping, then the training stages' event weights)."""
+    events, uid, iid = as_events(train, low, high)
+    user, item = events.user, events.item
     x = baselines.user_item_matrix(events, len(uid), len(iid))
     seen = pd.Series(item).groupby(user).apply(lambda s: np.unique(s.to_numpy())).to_dict()
     popularity = np.asarray(x.sum(0)).ravel().astype(np.float64)
@@ -216,7 +232,7 @@ def main() -> None:
     timings["baselines"] = round(time.perf_counter() - started, 1)
 
     counts = train.groupby("movie").size()
-    tail = set(counts.index[long_tail_mask(counts.to_numpy(np.float64))].tolist())
+    tail = long_tail_movies(train, low, high)
     results = {}
     for method, method_slates in slates.items():
         row = metrics.accuracy(method_slates, relevant, 10)

@@ -111,7 +111,8 @@ def evaluate(
     knobs = result["rerank_knobs"]
     none = knobs["none"]["ndcg@10"]
     costs = ", ".join(
-        f"{knob} {row['ndcg@10'] / none if none > 0 else float('nan'):.3f}x (coverage@10 {row['coverage@10']:.3f})"
+        f"{knob} {row['ndcg@10'] / none if none > 0 else float('nan'):.3f}x (coverage@10 {row['coverage@10']:.3f}, "
+        f"long tail {row['long_tail_share@10']:.3f})"
         for knob, row in knobs.items()
         if knob != "none"
     )

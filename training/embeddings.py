@@ -51,6 +51,17 @@ def pairs(events: Interactions, n_users: int, n_items: int) -> PairData:
     return PairData(user[pos], item[pos], np.log1p(total[pos]), user[neg], item[neg])
 
 
+def popularity_of(data: PairData, n_items: int) -> np.ndarray:
+    """Each item's summed positive weight: the popularity serving reads (item_vectors.popularity), for its popular
+    source and its long-tail rule (recstack.stages.rerank.head_floor)."""
+    return np.bincount(data.pos_item, weights=data.pos_weight, minlength=n_items).astype(np.float32)
+
+
+def item_popularity(events: Interactions, n_users: int, n_items: int) -> np.ndarray:
+    """``popularity_of`` the events: what the trained model's ``item_popularity`` holds."""
+    return popularity_of(pairs(events, n_users, n_items), n_items)
+
+
 class _MF(torch.nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, sparse: bool = True) -> None:
         super().__init__()
@@ -94,7 +105,7 @@ def train_embeddings(
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     data = pairs(events, n_users, n_items)
-    popularity = np.bincount(data.pos_item, weights=data.pos_weight, minlength=n_items).astype(np.float32)
+    popularity = popularity_of(data, n_items)
     model = _MF(n_users, n_items, dim, sparse)
     parameters = list(model.parameters())
     optimizer = torch.optim.SparseAdam(parameters, lr=lr) if sparse else torch.optim.Adam(parameters, lr=lr)

@@ -168,18 +168,25 @@ def rerank_knobs(
     test: TestSet,
     catalog: Catalog,
     item_cf: np.ndarray,
+    tail: np.ndarray,
     popularity: np.ndarray,
     k: int,
     p: RerankParams,
 ) -> dict[str, dict[str, float]]:
-    """What each rerank knob costs and gives on its own: NDCG@10 and coverage@10 of the ranked candidates
-    reranked with one knob at its configured value and the others neutral (``NEUTRAL``), and with none."""
-    tail, providers, out = long_tail_mask(popularity), catalog.item_provider, {}
+    """What each rerank knob costs and gives on its own: NDCG@10, coverage@10 and the long-tail share of the slots
+    (``tail``, the rule the rerank applies) of the ranked candidates reranked with one knob at its configured value
+    and the others neutral (``NEUTRAL``), and with none."""
+    providers, out = catalog.item_provider, {}
     for knob in ("none", *NEUTRAL):
         update = {**NEUTRAL, **({knob: getattr(p, knob)} if knob != "none" else {})}
         slates = reranked_slates(frame, test.users, catalog, item_cf, tail, k, p.model_copy(update=update))
         beyond = metrics.beyond_accuracy(slates, 10, catalog.n_items, catalog.item_categories, popularity, providers)
-        out[knob] = {**metrics.accuracy(slates, test.relevant, 10), "coverage@10": beyond["coverage@10"]}
+        shown = np.concatenate([s[:10] for s in slates]) if slates else np.empty(0, np.int64)
+        out[knob] = {
+            **metrics.accuracy(slates, test.relevant, 10),
+            "coverage@10": beyond["coverage@10"],
+            "long_tail_share@10": float(tail[shown].mean()) if len(shown) else 0.0,
+        }
     return out
 
 
@@ -263,9 +270,9 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     )
     timings["ranked_candidates_s"] = round(time.perf_counter() - t, 2)
     run("retrieval_ranker", lambda: ranker_slates(frame, test.users, kmax))
-    tail = long_tail_mask(all_popularity)
+    tail = long_tail_mask(embeddings.item_popularity)  # serving's rule: its head floor over the model's popularity
     run("retrieval_ranker_rerank", lambda: reranked_slates(frame, test.users, catalog, item_cf, tail, kmax, cfg.rerank))
-    knobs = rerank_knobs(frame, test, catalog, item_cf, all_popularity, kmax, cfg.rerank)
+    knobs = rerank_knobs(frame, test, catalog, item_cf, tail, all_popularity, kmax, cfg.rerank)
     recall = candidate_recall(frame, test)
 
     results: dict[str, dict[str, float]] = {}
@@ -421,10 +428,10 @@ def markdown(result: dict[str, Any]) -> str:
     if knobs:
         none = knobs["none"]["ndcg@10"]
         lines += ["", "## What each rerank knob costs (that knob at its configured value, the others off)", ""]
-        lines += ["| rerank | NDCG@10 | vs none | coverage@10 |", "|---|---:|---:|---:|"]
+        lines += ["| rerank | NDCG@10 | vs none | coverage@10 | long-tail share@10 |", "|---|---:|---:|---:|---:|"]
         lines += [
             f"| {knob} | {row['ndcg@10']:.4f} | {row['ndcg@10'] / none if none > 0 else float('nan'):.3f}x "
-            f"| {row['coverage@10']:.4f} |"
+            f"| {row['coverage@10']:.4f} | {row['long_tail_share@10']:.4f} |"
             for knob, row in knobs.items()
         ]
     lines += ["", "![accuracy](accuracy.png)", "", "![provider exposure](exposure.png)", ""]
