@@ -271,15 +271,25 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     timings["ranked_candidates_s"] = round(time.perf_counter() - t, 2)
     run("retrieval_ranker", lambda: ranker_slates(frame, test.users, kmax))
     tail = long_tail_mask(embeddings.item_popularity)  # serving's rule: its head floor over the model's popularity
-    run("retrieval_ranker_rerank", lambda: reranked_slates(frame, test.users, catalog, item_cf, tail, kmax, cfg.rerank))
-    knobs = rerank_knobs(frame, test, catalog, item_cf, tail, all_popularity, kmax, cfg.rerank)
+    # The rerank depends on k (the provider cap is a share of k, the long-tail floor fills the last of k slots): each
+    # cut-off is judged on the slates /recommend answers for that k, the headline (and ``slates``) on k = 10's.
+    per_k: dict[str, dict[int, list[np.ndarray]]] = {}
+
+    def served() -> list[np.ndarray]:
+        per_k["retrieval_ranker_rerank"] = {
+            k: reranked_slates(frame, test.users, catalog, item_cf, tail, k, cfg.rerank) for k in KS
+        }
+        return per_k["retrieval_ranker_rerank"][10]
+
+    run("retrieval_ranker_rerank", served)
+    knobs = rerank_knobs(frame, test, catalog, item_cf, tail, all_popularity, 10, cfg.rerank)
     recall = candidate_recall(frame, test)
 
     results: dict[str, dict[str, float]] = {}
     for name, method_slates in slates.items():
         row: dict[str, float] = {}
         for k in KS:
-            row.update(metrics.accuracy(method_slates, test.relevant, k))
+            row.update(metrics.accuracy(per_k.get(name, {}).get(k, method_slates), test.relevant, k))
         row.update(
             metrics.beyond_accuracy(
                 method_slates, 10, n_items, catalog.item_categories, all_popularity, catalog.item_provider

@@ -225,8 +225,8 @@ def test_evaluate_cli_writes_json_and_markdown_report(trained_stack: Settings, t
     assert set(knobs) == {"none", "mmr_lambda", "max_provider_share", "long_tail_min"}
     assert abs(knobs["none"]["ndcg@10"] - methods["retrieval_ranker"]["ndcg@10"]) < 0.02
     assert all(0 < row["ndcg@10"] <= 1 and 0 < row["coverage@10"] <= 1 for row in knobs.values())
-    # the floor puts at least one long-tail item (serving's rule) in each slate whose candidates have one
-    assert knobs["long_tail_min"]["long_tail_share@10"] >= knobs["none"]["long_tail_share@10"]
+    # the floor puts a long-tail item (serving's rule) in the 10 slots of each slate whose best candidates hold one
+    assert knobs["long_tail_min"]["long_tail_share@10"] > knobs["none"]["long_tail_share@10"]
     assert "each rerank knob alone" in result.stdout
     folder = trained_stack.reports_dir / "evaluation" / report["model_version"]
     assert (folder / "evaluation.md").read_text().count("| retrieval_ranker |") == 2
