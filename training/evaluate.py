@@ -132,23 +132,22 @@ def ranker_slates(frame: pd.DataFrame, users: np.ndarray, k: int) -> list[np.nda
     return [grouped.get(int(u), np.empty(0, np.int64)) for u in users]
 
 
-def reranked_slates(
-    frame: pd.DataFrame,
-    users: np.ndarray,
-    catalog: Catalog,
-    item_cf: np.ndarray,
-    tail: np.ndarray,
-    k: int,
-    p: RerankParams,
-) -> list[np.ndarray]:
+Pool = tuple[np.ndarray, Candidates]  # one user's rerank pool: its items and them as the rerank takes them
+
+
+def rerank_pools(
+    frame: pd.DataFrame, users: np.ndarray, catalog: Catalog, item_cf: np.ndarray, tail: np.ndarray
+) -> list[Pool | None]:
+    """Each user's rerank pool as serving hands it over: the ranker's top 100 with their providers, long-tail marks
+    and unit collaborative vectors (None: no candidates). Built once, reranked under several settings."""
     norms = np.linalg.norm(item_cf, axis=1, keepdims=True)
     unit = np.divide(item_cf, norms, out=np.zeros_like(item_cf), where=norms > 0)
-    out = []
     grouped = dict(tuple(frame.groupby("user", sort=False)))
+    out: list[Pool | None] = []
     for u in users:
         g = grouped.get(int(u))
         if g is None:
-            out.append(np.empty(0, np.int64))
+            out.append(None)
             continue
         g = g.sort_values("score", ascending=False).head(100)  # rerank the ranker's top 100, as serving does
         items = g["item"].to_numpy()
@@ -159,34 +158,40 @@ def reranked_slates(
             long_tail=tail[items],
             vectors=unit[items],
         )
-        out.append(items[rerank(candidates, k, p)])
+        out.append((items, candidates))
     return out
 
 
+def reranked_slates(pools: list[Pool | None], k: int, p: RerankParams) -> list[np.ndarray]:
+    """The slate of ``k`` each pool's rerank answers under ``p``."""
+    return [pool[0][rerank(pool[1], k, p)] if pool is not None else np.empty(0, np.int64) for pool in pools]
+
+
 def rerank_knobs(
-    frame: pd.DataFrame,
+    pools: list[Pool | None],
     test: TestSet,
     catalog: Catalog,
-    item_cf: np.ndarray,
     tail: np.ndarray,
     popularity: np.ndarray,
-    k: int,
     p: RerankParams,
 ) -> dict[str, dict[str, float]]:
-    """What each rerank knob costs and gives on its own: NDCG@10, coverage@10 and the long-tail share of the slots
-    (``tail``, the rule the rerank applies) of the ranked candidates reranked with one knob at its configured value
-    and the others neutral (``NEUTRAL``), and with none."""
+    """What each rerank knob costs and gives on its own: NDCG@10 (and its ratio to no rerank), coverage@10 and the
+    long-tail share of the slots (``tail``, the rule the rerank applies) of the k = 10 slates reranked with one knob
+    at its configured value and the others neutral (``NEUTRAL``), and with none."""
     providers, out = catalog.item_provider, {}
     for knob in ("none", *NEUTRAL):
         update = {**NEUTRAL, **({knob: getattr(p, knob)} if knob != "none" else {})}
-        slates = reranked_slates(frame, test.users, catalog, item_cf, tail, k, p.model_copy(update=update))
+        slates = reranked_slates(pools, 10, p.model_copy(update=update))
         beyond = metrics.beyond_accuracy(slates, 10, catalog.n_items, catalog.item_categories, popularity, providers)
-        shown = np.concatenate([s[:10] for s in slates]) if slates else np.empty(0, np.int64)
+        shown = np.concatenate(slates) if slates else np.empty(0, np.int64)
         out[knob] = {
             **metrics.accuracy(slates, test.relevant, 10),
             "coverage@10": beyond["coverage@10"],
             "long_tail_share@10": float(tail[shown].mean()) if len(shown) else 0.0,
         }
+    none = out["none"]["ndcg@10"]
+    for row in out.values():
+        row["ndcg@10_vs_none"] = row["ndcg@10"] / none if none > 0 else float("nan")
     return out
 
 
@@ -274,15 +279,14 @@ def evaluate(settings: Settings, cfg: EvalConfig, progress: ProgressFn | None = 
     # The rerank depends on k (the provider cap is a share of k, the long-tail floor fills the last of k slots): each
     # cut-off is judged on the slates /recommend answers for that k, the headline (and ``slates``) on k = 10's.
     per_k: dict[str, dict[int, list[np.ndarray]]] = {}
+    pools = rerank_pools(frame, test.users, catalog, item_cf, tail)
 
     def served() -> list[np.ndarray]:
-        per_k["retrieval_ranker_rerank"] = {
-            k: reranked_slates(frame, test.users, catalog, item_cf, tail, k, cfg.rerank) for k in KS
-        }
+        per_k["retrieval_ranker_rerank"] = {k: reranked_slates(pools, k, cfg.rerank) for k in KS}
         return per_k["retrieval_ranker_rerank"][10]
 
     run("retrieval_ranker_rerank", served)
-    knobs = rerank_knobs(frame, test, catalog, item_cf, tail, all_popularity, 10, cfg.rerank)
+    knobs = rerank_knobs(pools, test, catalog, tail, all_popularity, cfg.rerank)
     recall = candidate_recall(frame, test)
 
     results: dict[str, dict[str, float]] = {}
@@ -436,11 +440,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"- vs {base}: {ranker:.4f} / {ref:.4f} = {ratio}{interval}")
     knobs = result.get("rerank_knobs", {})
     if knobs:
-        none = knobs["none"]["ndcg@10"]
         lines += ["", "## What each rerank knob costs (that knob at its configured value, the others off)", ""]
         lines += ["| rerank | NDCG@10 | vs none | coverage@10 | long-tail share@10 |", "|---|---:|---:|---:|---:|"]
         lines += [
-            f"| {knob} | {row['ndcg@10']:.4f} | {row['ndcg@10'] / none if none > 0 else float('nan'):.3f}x "
+            f"| {knob} | {row['ndcg@10']:.4f} | {row['ndcg@10_vs_none']:.3f}x "
             f"| {row['coverage@10']:.4f} | {row['long_tail_share@10']:.4f} |"
             for knob, row in knobs.items()
         ]
