@@ -125,7 +125,12 @@ def _remote(method: Any) -> Callable[..., Awaitable[Any]]:
     """A Serve handle's method as an async callable (the deployment runs the runtime's method of the same name)."""
 
     async def call(*args: Any) -> Any:
-        return await method.remote(*args)
+        response = method.remote(*args)
+        try:
+            return await response
+        except asyncio.CancelledError:  # past the caller's deadline: not left queued at the handle, or running
+            response.cancel()
+            raise
 
     return call
 
@@ -139,6 +144,30 @@ def _remote(method: Any) -> Callable[..., Awaitable[Any]]:
 # By value cannot pass a DeploymentResponse on to another call; no stage call does (the orchestration awaits each
 # stage's answer and decides the next step itself).
 BY_VALUE: dict[str, Any] = {"_by_reference": False}
+
+
+def _one_at_a_time(check: Ready) -> Ready:
+    """A stage deployment's readiness with at most one call in flight: a probe that gives up on it (its deadline)
+    leaves it running for the next probe instead of each probe queueing another. A handle call to a deployment with
+    no replica yet waits in the handle's queue, and Serve's autoscaler counts queued requests as load: checked once a
+    second while it took 20 s to start, a stage with no traffic was upscaled 1 -> 4 replicas ("current ongoing
+    requests: 13.47"), 1 -> 2 when each check gave up after 2 s, and not at all one at a time
+    (`python -m bench.probe_queued_checks`, bench/reference/probe-queued-checks.json)."""
+    pending: asyncio.Future[bool] | None = None  # the call in flight, or its answer no probe has read yet
+
+    async def call() -> bool:
+        nonlocal pending
+        if pending is None:
+            pending = asyncio.ensure_future(check())
+            pending.add_done_callback(lambda done: done.cancelled() or done.exception())  # read even if no one waits
+        current = pending
+        try:
+            return await asyncio.shield(current)
+        finally:
+            if current.done() and pending is current:  # answered (this probe reads it): the next probe asks afresh
+                pending = None
+
+    return call
 
 
 def handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Reranker) -> Callers:
@@ -155,8 +184,8 @@ def handle_callers(retriever: Any, lookup: Any, ranker: Any, reranker: Reranker)
         order=_remote(ranker.order),
         similar=_remote(retriever.similar),
         ready={
-            "model": _remote(ranker.ready),
-            "retriever": _remote(retriever.ready),
-            "feature_lookup": _remote(lookup.ready),
+            "model": _one_at_a_time(_remote(ranker.ready)),
+            "retriever": _one_at_a_time(_remote(retriever.ready)),
+            "feature_lookup": _one_at_a_time(_remote(lookup.ready)),
         },
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
@@ -45,6 +45,12 @@ STORE_DOWN = (
     "not stored; resend with the same event ids (Retry-After: 1)"
 )
 
+# How long /readyz waits for each of its checks, run side by side: a stage with no replica yet (starting, restarting)
+# is "starting" after that, and its check stays the one in flight for the next probe (serving/callers.py
+# _one_at_a_time: a check per probe left waiting in the handle's queue counted as load on that stage to Serve's
+# autoscaler).
+READY_CHECK_S = 2.0
+
 
 class Backend:
     """What the routes call: recommendations, similar items, readiness, feedback (the sink opens on first use)."""
@@ -61,24 +67,36 @@ class Backend:
 
     async def ready(self) -> dict[str, Any]:
         """Each check's state by name: the stores, the model ("loaded"), and in graph mode the stage replicas (up and
-        warmed: "ok")."""
-        checks: dict[str, Any] = {}
-        for name, check in (("postgres", stack.check_postgres), ("redis", stack.check_redis)):
-            try:
-                await asyncio.to_thread(check, self.settings)
-                checks[name] = "ok"
-            except Exception as err:
-                checks[name] = f"unreachable: {err}"
-        for name, stage_ready in self.callers.ready.items():
-            try:
-                ok = await stage_ready()
-                if name == "model":
-                    checks[name] = "loaded" if ok else "no promoted model"
-                else:
-                    checks[name] = "ok" if ok else "starting"
-            except Exception as err:
-                checks[name] = f"error: {err}"
-        return checks
+        warmed: "ok"). The checks run side by side and each answers within READY_CHECK_S: a stage with no replica
+        yet (starting, restarting) is "starting", and its handle call is cancelled rather than left queued."""
+        names = ["postgres", "redis", *self.callers.ready]
+        states = await asyncio.gather(
+            self._store_state(stack.check_postgres),
+            self._store_state(stack.check_redis),
+            *(self._stage_state(name, check) for name, check in self.callers.ready.items()),
+        )
+        return dict(zip(names, states, strict=True))
+
+    async def _store_state(self, check: Callable[[Settings], None]) -> str:
+        try:  # the store clients' own connect timeouts (RECSTACK_CONNECT_TIMEOUT_S) bound these threads
+            await asyncio.wait_for(asyncio.to_thread(check, self.settings), READY_CHECK_S)
+            return "ok"
+        except TimeoutError:
+            return f"unreachable: no answer within {READY_CHECK_S:g} s"
+        except Exception as err:
+            return f"unreachable: {err}"
+
+    @staticmethod
+    async def _stage_state(name: str, check: Callable[[], Awaitable[bool]]) -> str:
+        try:
+            ok = await asyncio.wait_for(check(), READY_CHECK_S)
+        except TimeoutError:
+            return f"starting: no answer within {READY_CHECK_S:g} s"
+        except Exception as err:
+            return f"error: {err}"
+        if name == "model":
+            return "loaded" if ok else "no promoted model"
+        return "ok" if ok else "starting"
 
     def feedback_sink(self) -> FeedbackSink:
         if self._feedback is None:

@@ -271,7 +271,7 @@ class Retriever:
 
     def ready(self) -> bool:
         with self.pool.connection() as conn:
-            return conn.execute("SELECT count(*) > 0 FROM item_vectors").fetchone() == (True,)
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM item_vectors)").fetchone() == (True,)
 
     def popular(self, filters: Filters, exclude: list[str], n: int = 500) -> CandidateSet:
         """Popular items only (the retrieval fallback); same statement with the vector sources switched off."""

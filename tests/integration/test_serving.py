@@ -21,6 +21,7 @@ import schemathesis
 
 from recstack import stack
 from recstack.settings import Settings
+from serving.http import READY_CHECK_S
 from serving.runtimes import MODEL_CHECK_S
 from tests.conftest import free_port
 
@@ -124,7 +125,7 @@ def test_endpoints_answer(api: str, trained_stack: Settings) -> None:
     version = (trained_stack.home / "trained_version").read_text()
     assert requests.get(f"{api}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{api}/readyz", timeout=10).json()
-    assert ready["ready"] and ready["checks"]["model"] == "loaded"
+    assert ready["ready"] and ready["checks"]["model"] == "loaded", ready
     slate = recommend(api, "u0000007", k=10, explain=True)
     first_degraded = "" if not slate["degraded"] else _fallbacks(api)  # which stage degraded it, when it is
     if slate["degraded"]:  # once in ~20 CI runs a stage call stalled past its 3 s deadline: the next must not
@@ -607,6 +608,9 @@ def test_a_dead_ranker_replica_does_not_stop_answers(api: str, trained_stack: Se
     client = stack.redis_client(trained_stack)
     assert not recommend(api, "u0000004")["degraded"]
     ray.kill(_replica("Ranker"), no_restart=True)  # Serve's controller notices and starts a new replica
+    # Readiness answers meanwhile, within its bound, and says which stage is missing (it waited for the replica)
+    ready = requests.get(f"{api}/readyz", timeout=READY_CHECK_S + 5)
+    assert ready.status_code == 200 or ready.json()["checks"]["model"] != "loaded", ready.text
     deadline = time.monotonic() + 120
     while True:
         invalidate(client, "u0000004")  # each answer through the stages, not the result cache
