@@ -10,6 +10,8 @@ the same machine:
   caller's loop with the same pickled answer and the same work: the floor under Serve's hop between these two
   processes (what is Serve's in a hop is the difference).
 
+Then the CPU a call costs the caller and the called process, ``loop-by-value`` against ``raw-grpc``, each alone.
+
     python -m bench.probe_hop [--calls 300] [--work-ms 0 4] [--candidates 120]
 
 Prints p50 / p90 milliseconds per variant and work size. Starts its own local Ray with
@@ -82,6 +84,9 @@ def build(n: int) -> Any:
             busy(ms)
             return self.answer
 
+        def pid(self) -> int:
+            return os.getpid()
+
         async def serve_raw(self) -> int:
             """Start a plain gRPC server on this replica's loop, answering like ``get``; its port."""
             import grpc
@@ -136,6 +141,42 @@ def build(n: int) -> Any:
                 for name, t in took.items()
             }
 
+        async def cpu(self, calls: int) -> dict[str, dict[str, float]]:
+            """CPU milliseconds a call in the caller and in the called replica, loop-by-value against raw-grpc, each
+            variant alone for ``calls`` calls (20 ms apart), less what both processes burn idle over as long."""
+            import grpc
+            import psutil
+
+            port = await self.on_loop.serve_raw.remote()
+            raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}").unary_unary("/probe/Get")
+
+            async def raw_get(ms: float) -> Any:
+                return pickle.loads(await raw(pickle.dumps(ms)))
+
+            me = psutil.Process()
+            echo = psutil.Process(await self.handles["loop-by-value"].pid.remote())
+
+            def used() -> tuple[float, float]:
+                return sum(me.cpu_times()[:2]), sum(echo.cpu_times()[:2])
+
+            out = {}
+            for name, call in (("loop-by-value", self.handles["loop-by-value"].get.remote), ("raw-grpc", raw_get)):
+                for _ in range(20):
+                    await call(0.0)
+                before = used()
+                for _ in range(calls):
+                    await call(0.0)
+                    await asyncio.sleep(0.02)
+                during = used()
+                for _ in range(calls):
+                    await asyncio.sleep(0.02)
+                idle = used()
+                out[name] = {
+                    f"{who}_cpu_ms": round(((during[i] - before[i]) - (idle[i] - during[i])) / calls * 1000, 2)
+                    for i, who in enumerate(("caller", "called"))
+                }
+            return out
+
     return Caller.bind(EchoOnThreads.bind(), EchoOnLoop.bind())  # type: ignore[attr-defined]
 
 
@@ -153,7 +194,9 @@ def main() -> None:
     handle = serve.run(build(args.candidates), name="probe-hop", route_prefix=None)
 
     async def measure() -> dict[str, object]:
-        return {f"work {ms:g} ms": await handle.run.remote(args.calls, ms) for ms in args.work_ms}
+        found: dict[str, object] = {f"work {ms:g} ms": await handle.run.remote(args.calls, ms) for ms in args.work_ms}
+        found["cpu a call, work 0 ms"] = await handle.cpu.remote(args.calls)
+        return found
 
     found = asyncio.run(measure())
     report({"calls_per_variant": args.calls, "candidates": args.candidates, **found}, RESULTS)
