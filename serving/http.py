@@ -68,7 +68,7 @@ class Backend:
     async def ready(self) -> dict[str, Any]:
         """Each check's state by name: the stores, the model ("loaded"), and in graph mode the stage replicas (up and
         warmed: "ok"). The checks run side by side and each answers within READY_CHECK_S: a stage with no replica
-        yet (starting, restarting) is "starting", and its handle call is cancelled rather than left queued."""
+        yet (starting, restarting) is "starting", its one readiness call left in flight for the next probe."""
         names = ["postgres", "redis", *self.callers.ready]
         states = await asyncio.gather(
             self._store_state(stack.check_postgres),

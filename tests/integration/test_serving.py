@@ -608,7 +608,7 @@ def test_a_dead_ranker_replica_does_not_stop_answers(api: str, trained_stack: Se
     client = stack.redis_client(trained_stack)
     assert not recommend(api, "u0000004")["degraded"]
     ray.kill(_replica("Ranker"), no_restart=True)  # Serve's controller notices and starts a new replica
-    # Readiness answers meanwhile, within its bound, and says which stage is missing (it waited for the replica)
+    # Readiness answers meanwhile, within its bound, naming the missing stage (it used to wait for the new replica)
     ready = requests.get(f"{api}/readyz", timeout=READY_CHECK_S + 5)
     assert ready.status_code == 200 or ready.json()["checks"]["model"] != "loaded", ready.text
     deadline = time.monotonic() + 120

@@ -91,9 +91,7 @@ class FakeResponse:
 
 
 class StageHandle:
-    """A stage deployment's handle stand-in whose ``ready.remote()`` answers with ``outcome``."""
-
-    app_name, deployment_name = "recstack", "Retriever"
+    """A stage deployment's handle stand-in: every method's ``remote()`` answers with ``outcome``."""
 
     def __init__(self, outcome: Any = None) -> None:
         self.responses: list[FakeResponse] = []
