@@ -96,17 +96,17 @@ def as_events(train: pd.DataFrame, low: float, high: float) -> tuple[Interaction
     return events, uid, iid
 
 
-def long_tail_movies(train: pd.DataFrame, low: float, high: float) -> set[int]:
+def long_tail_movies(events: Interactions, uid: np.ndarray, iid: np.ndarray) -> set[int]:
     """The movies serving's long-tail rule calls long tail (rerank.head_floor over the trained popularity,
-    item_vectors.popularity: summed positive weight), here over the training part."""
-    events, uid, iid = as_events(train, low, high)
+    item_vectors.popularity: summed positive weight), over ``as_events``' training part."""
     return set(iid[long_tail_mask(item_popularity(events, len(uid), len(iid)))].tolist())
 
 
-def baseline_slates(train: pd.DataFrame, users: np.ndarray, low: float, high: float) -> dict[str, list[np.ndarray]]:
-    """EASE (l2 200), item-kNN (cosine, 200 neighbours) and popularity on the training part, seen items excluded,
-    on recstack's positives (the importer's 1..5 mapping, then the training stages' event weights)."""
-    events, uid, iid = as_events(train, low, high)
+def baseline_slates(
+    events: Interactions, uid: np.ndarray, iid: np.ndarray, users: np.ndarray
+) -> dict[str, list[np.ndarray]]:
+    """EASE (l2 200), item-kNN (cosine, 200 neighbours) and popularity on ``as_events``' training part, seen items
+    excluded, on recstack's positives (the importer's 1..5 mapping, then the training stages' event weights)."""
     user, item = events.user, events.item
     x = baselines.user_item_matrix(events, len(uid), len(iid))
     seen = pd.Series(item).groupby(user).apply(lambda s: np.unique(s.to_numpy())).to_dict()
@@ -228,17 +228,17 @@ def main() -> None:
         if not args.keep:
             subprocess.call([*recstack, "down"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     started = time.perf_counter()
-    slates.update(baseline_slates(train, users, low, high))
+    events, uid, iid = as_events(train, low, high)
+    slates.update(baseline_slates(events, uid, iid, users))
     timings["baselines"] = round(time.perf_counter() - started, 1)
 
-    counts = train.groupby("movie").size()
-    tail = long_tail_movies(train, low, high)
+    tail = long_tail_movies(events, uid, iid)
     results = {}
     for method, method_slates in slates.items():
         row = metrics.accuracy(method_slates, relevant, 10)
         results[method] = {k: round(v, 4) for k, v in row.items() if k in ("ndcg@10", "recall@10", "hitrate@10")}
         shown = np.concatenate(method_slates) if method_slates else np.empty(0, np.int64)
-        results[method]["coverage@10"] = round(len(np.unique(shown)) / max(len(counts), 1), 4)
+        results[method]["coverage@10"] = round(len(np.unique(shown)) / max(len(iid), 1), 4)
         # exposure beyond the head: share of slate slots given to long-tail items (the rule serving applies)
         results[method]["long_tail_share@10"] = round(float(np.mean([m in tail for m in shown])), 4)
     served = metrics.per_user(slates["recstack_recommend"], relevant, 10)["ndcg"]

@@ -26,6 +26,7 @@ import asyncio
 import os
 import pickle
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,20 @@ def build(n: int) -> Any:
                 "thread-by-reference": on_threads.options(_by_reference=True),
             }
 
-        async def run(self, calls: int, ms: float) -> dict[str, dict[str, float]]:
+        async def raw_get(self) -> Callable[[float], Awaitable[Any]]:
+            """The loop echo's answer over a plain gRPC channel from this replica's loop (the raw-grpc variant)."""
             import grpc
 
             port = await self.on_loop.serve_raw.remote()
             raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}").unary_unary("/probe/Get")
 
-            async def raw_get(ms: float) -> Any:
+            async def get(ms: float) -> Any:
                 return pickle.loads(await raw(pickle.dumps(ms)))
 
+            return get
+
+        async def run(self, calls: int, ms: float) -> dict[str, dict[str, float]]:
+            raw_get = await self.raw_get()
             calls_by_name = {name: handle.get.remote for name, handle in self.handles.items()}
             calls_by_name["raw-grpc"] = raw_get
             took: dict[str, list[float]] = {name: [] for name in calls_by_name}
@@ -144,15 +150,9 @@ def build(n: int) -> Any:
         async def cpu(self, calls: int) -> dict[str, dict[str, float]]:
             """CPU milliseconds a call in the caller and in the called replica, loop-by-value against raw-grpc, each
             variant alone for ``calls`` calls (20 ms apart), less what both processes burn idle over as long."""
-            import grpc
             import psutil
 
-            port = await self.on_loop.serve_raw.remote()
-            raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}").unary_unary("/probe/Get")
-
-            async def raw_get(ms: float) -> Any:
-                return pickle.loads(await raw(pickle.dumps(ms)))
-
+            raw_get = await self.raw_get()
             me = psutil.Process()
             echo = psutil.Process(await self.handles["loop-by-value"].pid.remote())
 
